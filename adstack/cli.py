@@ -1,0 +1,66 @@
+"""The ``adstack`` command: one subcommand per job, each implemented by a stage's ``cli`` module.
+
+A subcommand module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+Modules are imported only when their subcommand runs, so ``adstack --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from adstack.errors import UserError
+
+# name -> (module, one-line help). Help text lives here so --help needs no heavy imports.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "map": ("hdmap.cli", "inspect a map: lanes, junctions, traffic lights, a route between two poses"),
+    "sim": ("sim.cli", "run the embedded world (traffic, lidar) and record it as rosbag2 MCAP"),
+    "bench": ("adstack.bench", "benchmarks printing JSON (sim, detector, ...)"),
+    "drive": ("sim.drive_cli", "drive a Leaderboard route in the embedded world and score it"),
+    "eval": ("sim.eval_cli", "drive many routes and write a Leaderboard-style results file"),
+}
+
+
+def _load(name: str):
+    module_name, _ = SUBCOMMANDS[name]
+    return importlib.import_module(module_name)
+
+
+def available() -> dict[str, tuple[str, str]]:
+    """Subcommands whose module is present in this installation."""
+    return {name: spec for name, spec in SUBCOMMANDS.items()
+            if importlib.util.find_spec(spec[0].split(".")[0]) is not None
+            and importlib.util.find_spec(spec[0]) is not None}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adstack", description="adstack: perception, planning and simulation for autonomous driving.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in available().items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == only:
+            _load(name).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    try:
+        parser = build_parser(command if command in SUBCOMMANDS else None)
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        return int(_load(args.command).run(args) or 0)
+    except UserError as err:
+        print(f"adstack {args.command if 'args' in dir() else ''}: error: {err}".replace("  ", " "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("adstack: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""hdmap stage."""
