@@ -16,9 +16,15 @@ from adstack.errors import UserError
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "map": ("hdmap.cli", "inspect a map: lanes, junctions, traffic lights, a route between two poses"),
     "sim": ("sim.cli", "run the embedded world (traffic, lidar) and record it as rosbag2 MCAP"),
-    "bench": ("adstack.bench", "benchmarks printing JSON (sim, detector, ...)"),
+    "bench": ("adstack.bench", "benchmarks printing JSON (sim, lidar, voxelizer, detector)"),
+    "collect": ("sim.collect_cli", "record labelled lidar frames from the embedded world as a dataset"),
+    "train": ("perception.train_cli", "train a model (detector) from a collected dataset"),
+    "detect": ("perception.detect_cli", "run lidar detection on one recorded scan (KITTI, nuScenes, .pcd)"),
     "drive": ("sim.drive_cli", "drive a Leaderboard route in the embedded world and score it"),
-    "eval": ("sim.eval_cli", "drive many routes and write a Leaderboard-style results file"),
+    "eval": ("sim.eval_cli", "evaluate: drive routes (Leaderboard results file) or a detector (eval detector)"),
+    "replay": ("sim.replay_cli", "feed a recorded rosbag2 drive through the stack and record its outputs"),
+    "launch": ("adstack.launch_runner", "start the node graph (stack or sim) as separate processes"),
+    "viz": ("adstack.viz", "serve the stack's state to Foxglove on 127.0.0.1"),
 }
 
 
