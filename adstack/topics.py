@@ -1,0 +1,13 @@
+"""Default topic names (Autoware's where one exists), shared by nodes, logs, replay and the viewer."""
+
+LIDAR_POINTS = "/sensing/lidar/points"
+KINEMATIC_STATE = "/localization/kinematic_state"
+DETECTED_OBJECTS = "/perception/object_recognition/detection/objects"
+TRACKED_OBJECTS = "/perception/object_recognition/tracking/objects"
+GROUND_TRUTH_OBJECTS = "/simulation/ground_truth/objects"
+TRAFFIC_SIGNALS = "/perception/traffic_light_recognition/traffic_signals"
+ROUTE = "/planning/mission_planning/route_path"
+TRAJECTORY = "/planning/trajectory"
+CONTROL_COMMAND = "/control/command/control_cmd"
+DIAGNOSTICS = "/diagnostics"
+DRIVE_STATUS = "/simulation/drive_status"

@@ -1,0 +1,524 @@
+"""OpenDRIVE HD map through ``carla.Map``: lanes, lane graph, signals and fast geometric queries.
+
+``load_map(name_or_path)`` finds a .xodr, checks it, parses it with CARLA's own OpenDRIVE parser
+(``carla.Map``, no server needed) and converts everything to REP-103 right-handed coordinates via
+``hdmap.coords`` (the only place that knows CARLA's y flip). Lanes are CARLA's (road, section, lane)
+driving lanes sampled every ``waypoint_spacing_m``; the routing graph lives in ``hdmap.routing``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import shapely
+from scipy.spatial import cKDTree
+
+from adstack.errors import DataError, UserError
+from adstack.paths import cache_dir
+from hdmap.coords import carla_location_to_ros, carla_to_ros_yaw, wrap_angle
+from hdmap.params import HDMapParams, KMH
+
+LaneKey = tuple  # (road_id, section_id, lane_id), as CARLA numbers them
+
+TRAFFIC_LIGHT_TYPE = "1000001"  # OpenDRIVE dynamic signal type CARLA reads as a traffic light
+STOP_SIGN_TYPE = "206"          # German StVO sign 206 "Halt! Vorfahrt gewähren", OpenDRIVE's stop sign
+
+LANE_CHANGE_RIGHT = 1  # bits of carla.LaneChange (NONE=0, Right=1, Left=2, Both=3)
+LANE_CHANGE_LEFT = 2
+
+
+@dataclass(eq=False)
+class Lane:
+    """One driving lane of one lane section, in right-handed map coordinates.
+
+    centerline (M,2) m, z (M,) m, s (M,) arc length from the lane's start in its driving direction,
+    width (M,) m, heading (M,) rad, road_s (M,) the OpenDRIVE road s of each sample.
+    """
+
+    key: LaneKey
+    centerline: np.ndarray
+    z: np.ndarray
+    s: np.ndarray
+    width: np.ndarray
+    heading: np.ndarray
+    road_s: np.ndarray
+    length: float
+    speed_limit: float  # m/s
+    is_junction: bool
+    junction_id: int  # -1 outside junctions
+    successors: list = field(default_factory=list)
+    predecessors: list = field(default_factory=list)
+    left: LaneKey | None = None   # same-direction driving neighbour, whatever the marking says
+    right: LaneKey | None = None
+    lane_change_left: bool = False  # the marking allows changing into ``left``
+    lane_change_right: bool = False
+
+    @property
+    def road_id(self) -> int:
+        return self.key[0]
+
+    @property
+    def lane_id(self) -> int:
+        return self.key[2]
+
+    @cached_property
+    def left_boundary(self) -> np.ndarray:
+        return self.centerline + _left_normals(self.heading) * (0.5 * self.width)[:, None]
+
+    @cached_property
+    def right_boundary(self) -> np.ndarray:
+        return self.centerline - _left_normals(self.heading) * (0.5 * self.width)[:, None]
+
+    @cached_property
+    def polygon(self) -> shapely.Polygon:
+        ring = np.vstack([self.left_boundary, self.right_boundary[::-1]])
+        poly = shapely.Polygon(ring)
+        return poly if poly.is_valid else poly.buffer(0)
+
+    def interpolate(self, s) -> np.ndarray:
+        """(K,) arc lengths -> (K,3) x, y, z on the centreline (clamped to the lane)."""
+        s = np.asarray(s, dtype=np.float64)
+        return np.stack([np.interp(s, self.s, self.centerline[:, 0]), np.interp(s, self.s, self.centerline[:, 1]),
+                         np.interp(s, self.s, self.z)], axis=-1)
+
+    def s_at_road_s(self, road_s: float) -> float:
+        """Lane arc length at OpenDRIVE road coordinate ``road_s``."""
+        if self.road_s[-1] >= self.road_s[0]:
+            return float(np.interp(road_s, self.road_s, self.s))
+        return float(np.interp(road_s, self.road_s[::-1], self.s[::-1]))
+
+
+@dataclass(eq=False)
+class StopLine:
+    """Where a vehicle on ``lane`` stops for signal ``signal_id``: segment (2,2) left end first."""
+
+    signal_id: str
+    kind: str  # 'traffic_light' or 'stop_sign'
+    lane: LaneKey
+    segment: np.ndarray
+    s: float  # along the lane
+
+
+@dataclass(eq=False)
+class MapSignal:
+    """A traffic light or stop sign: all OpenDRIVE signal references with one id merged."""
+
+    id: str
+    kind: str
+    position: np.ndarray  # (2,) where the signal stands
+    lanes: tuple = ()     # governed LaneKeys
+    stop_lines: dict = field(default_factory=dict)  # LaneKey -> (2,2) segment
+
+
+@dataclass
+class LanesNearby:
+    """Fixed-size lane context in the EGO frame (x forward, y left), ready for a learned planner.
+
+    points (max_lanes, points_per_lane, 2) float32, evenly spaced along each lane's part inside the
+    radius in its driving direction; mask (max_lanes,) bool; speed_limit (max_lanes,) float32 m/s;
+    is_junction (max_lanes,) bool; keys: list of LaneKey or None. Rows sorted nearest lane first.
+    """
+
+    points: np.ndarray
+    mask: np.ndarray
+    speed_limit: np.ndarray
+    is_junction: np.ndarray
+    keys: list
+
+
+def _left_normals(heading: np.ndarray) -> np.ndarray:
+    return np.stack([-np.sin(heading), np.cos(heading)], axis=-1)
+
+
+class HDMap:
+    """A loaded map. Build it with ``load_map``; everything in right-handed coordinates."""
+
+    def __init__(self, name: str, xodr_path: Path, carla_map, road_types: dict, params: HDMapParams | None = None):
+        self.name = name
+        self.xodr_path = Path(xodr_path)
+        self.carla_map = carla_map
+        self.params = params or HDMapParams()
+        self._road_types = road_types
+        self.lanes: dict[LaneKey, Lane] = {}
+        self._build_lanes()
+        if not self.lanes:
+            raise DataError("the map has no driving lanes", self.xodr_path)
+        self._build_index()
+        self.traffic_lights: list[MapSignal] = self._signals(TRAFFIC_LIGHT_TYPE, "traffic_light")
+        self.stop_signs: list[MapSignal] = self._signals(STOP_SIGN_TYPE, "stop_sign")
+        self._stop_lines_by_lane: dict[LaneKey, list[StopLine]] = defaultdict(list)
+        self._lights_by_lane: dict[LaneKey, list[MapSignal]] = defaultdict(list)
+        for signal in self.traffic_lights + self.stop_signs:
+            for key, segment in signal.stop_lines.items():
+                lane = self.lanes[key]
+                s = float(lane.s[np.argmin(np.linalg.norm(lane.centerline - segment.mean(axis=0), axis=1))])
+                self._stop_lines_by_lane[key].append(StopLine(signal.id, signal.kind, key, segment, s))
+                if signal.kind == "traffic_light":
+                    self._lights_by_lane[key].append(signal)
+        from hdmap.routing import build_lane_graph  # routing imports this module
+
+        self.graph = build_lane_graph(self)
+
+    # ------------------------------------------------------------------ building
+    def _build_lanes(self) -> None:
+        import carla
+
+        spacing = self.params.waypoint_spacing_m
+        starts: dict[LaneKey, object] = {}
+        successors: dict[LaneKey, list] = defaultdict(list)
+        for a, b in self.carla_map.get_topology():
+            ka, kb = _key(a), _key(b)
+            starts.setdefault(ka, a)
+            starts.setdefault(kb, b)
+            if kb not in successors[ka]:
+                successors[ka].append(kb)
+        # Lanes that appear in no topology pair (isolated): start them from their first waypoint.
+        for w in self.carla_map.generate_waypoints(spacing):
+            k = _key(w)
+            if k not in starts:
+                first = w.previous_until_lane_start(spacing)
+                starts[k] = first[-1] if first and _key(first[-1]) == k else w
+
+        driving = carla.LaneType.Driving
+        for key, start in starts.items():
+            if start.lane_type != driving:
+                continue
+            waypoints = [start] + [w for w in start.next_until_lane_end(spacing) if _key(w) == key]
+            rows = np.array([(t.location.x, t.location.y, t.location.z, t.rotation.yaw, w.s, w.lane_width, int(w.lane_change))
+                             for w in waypoints for t in (w.transform,)], dtype=np.float64)
+            if len(rows) == 1:  # a lane shorter than the spacing: add its end point
+                end = start.next(0.01)
+                if end:
+                    t = end[0].transform
+                    rows = np.vstack([rows, [t.location.x, t.location.y, t.location.z, t.rotation.yaw, end[0].s,
+                                             end[0].lane_width, rows[0, 6]]])
+                else:
+                    continue
+            xy = np.column_stack([rows[:, 0], -rows[:, 1]])  # right-handed: see hdmap.coords
+            step = np.linalg.norm(np.diff(xy, axis=0), axis=1)
+            s = np.concatenate([[0.0], np.cumsum(step)])
+            mid = waypoints[len(waypoints) // 2]
+            lane_change = rows[:, 6].astype(np.int64)
+            is_junction = bool(mid.is_junction)
+            lane = Lane(
+                key=key, centerline=xy, z=rows[:, 2].copy(), s=s, width=rows[:, 5].copy(),
+                heading=carla_to_ros_yaw(rows[:, 3]), road_s=rows[:, 4].copy(), length=float(s[-1]),
+                speed_limit=self._speed_limit(key[0], float(np.median(rows[:, 4]))),
+                is_junction=is_junction, junction_id=int(mid.junction_id) if is_junction else -1,
+                successors=list(successors.get(key, [])),
+                lane_change_left=not is_junction and bool(np.mean((lane_change & LANE_CHANGE_LEFT) > 0) >= 0.5),
+                lane_change_right=not is_junction and bool(np.mean((lane_change & LANE_CHANGE_RIGHT) > 0) >= 0.5),
+            )
+            lane.left = _same_direction_neighbour(mid, mid.get_left_lane(), driving)
+            lane.right = _same_direction_neighbour(mid, mid.get_right_lane(), driving)
+            self.lanes[key] = lane
+        for key, lane in self.lanes.items():
+            lane.successors = [k for k in lane.successors if k in self.lanes]
+            lane.left = lane.left if lane.left in self.lanes else None
+            lane.right = lane.right if lane.right in self.lanes else None
+            lane.lane_change_left &= lane.left is not None
+            lane.lane_change_right &= lane.right is not None
+            for k in lane.successors:
+                self.lanes[k].predecessors.append(key)
+
+    def _speed_limit(self, road_id: int, road_s: float) -> float:
+        entries = self._road_types.get(road_id)
+        if not entries:
+            return self.params.default_speed_mps("town")
+        chosen = entries[0]
+        for entry in entries:
+            if entry[0] <= road_s + 1e-6:
+                chosen = entry
+        _, road_type, speed = chosen
+        return speed if speed is not None else self.params.default_speed_mps(road_type)
+
+    def _build_index(self) -> None:
+        self._lane_keys = list(self.lanes)
+        self._lane_list = [self.lanes[k] for k in self._lane_keys]
+        counts = np.array([len(l.s) for l in self._lane_list])
+        self._offsets = np.concatenate([[0], np.cumsum(counts)])
+        self._points = np.vstack([l.centerline for l in self._lane_list])
+        self._point_s = np.concatenate([l.s for l in self._lane_list])
+        self._point_lane = np.repeat(np.arange(len(self._lane_list)), counts)
+        self._point_count = counts[self._point_lane]
+        self._tree = cKDTree(self._points)
+
+    def _signals(self, type_code: str, kind: str) -> list[MapSignal]:
+        import carla
+
+        merged: dict[str, MapSignal] = {}
+        for landmark in self.carla_map.get_all_landmarks_of_type(type_code):
+            signal = merged.get(landmark.id)
+            if signal is None:
+                x, y, _ = carla_location_to_ros(landmark.transform.location)
+                signal = merged[landmark.id] = MapSignal(id=str(landmark.id), kind=kind, position=np.array([x, y]))
+            for low, high in landmark.get_lane_validities():
+                for lane_id in range(min(low, high), max(low, high) + 1):
+                    if lane_id == 0:
+                        continue
+                    wp = self.carla_map.get_waypoint_xodr(landmark.road_id, lane_id, landmark.s)
+                    if wp is None or wp.lane_type != carla.LaneType.Driving or _key(wp) not in self.lanes:
+                        continue
+                    key = _key(wp)
+                    cx, cy, _ = carla_location_to_ros(wp.transform.location)
+                    heading = carla_to_ros_yaw(wp.transform.rotation.yaw)
+                    half = 0.5 * wp.lane_width * np.array([-math.sin(heading), math.cos(heading)])
+                    signal.stop_lines[key] = np.array([[cx, cy] + half, [cx, cy] - half])
+        for signal in merged.values():
+            signal.lanes = tuple(signal.stop_lines)
+        return list(merged.values())
+
+    # ------------------------------------------------------------------ summaries
+    @property
+    def junction_ids(self) -> list[int]:
+        return sorted({l.junction_id for l in self._lane_list if l.junction_id >= 0})
+
+    @property
+    def total_lane_length(self) -> float:
+        return float(sum(l.length for l in self._lane_list))
+
+    @cached_property
+    def drivable_area(self):
+        """Union of all driving-lane polygons (shapely), built on first use and prepared."""
+        area = shapely.union_all([l.polygon for l in self._lane_list])
+        shapely.prepare(area)
+        return area
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        lo, hi = self._points.min(axis=0), self._points.max(axis=0)
+        return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
+
+    def speed_limit(self, key: LaneKey) -> float:
+        return self.lanes[key].speed_limit
+
+    def stop_lines_for_lane(self, key: LaneKey) -> list[StopLine]:
+        return list(self._stop_lines_by_lane.get(key, ()))
+
+    def traffic_lights_for_lane(self, key: LaneKey) -> list[MapSignal]:
+        return list(self._lights_by_lane.get(key, ()))
+
+    # ------------------------------------------------------------------ queries
+    def _project(self, x: float, y: float, yaw: float | None, k: int = 24):
+        """Candidate projections of (x, y) onto lane segments near it.
+
+        Returns arrays over candidate segments: lane index, distance, lateral (left +), s, segment
+        heading. Empty arrays when the map has no point near enough to matter.
+        """
+        k = min(k, len(self._points))
+        _, idx = self._tree.query((x, y), k=k)
+        idx = np.atleast_1d(idx)
+        lane_idx = self._point_lane[idx]
+        start = self._offsets[lane_idx]
+        local = idx - start
+        last_segment = self._point_count[idx] - 2
+        seg = np.concatenate([start + np.clip(local - 1, 0, last_segment), start + np.clip(local, 0, last_segment)])
+        lane_idx = np.concatenate([lane_idx, lane_idx])
+        seg, unique = np.unique(seg, return_index=True)
+        lane_idx = lane_idx[unique]
+        a, b = self._points[seg], self._points[seg + 1]
+        ab = b - a
+        length = np.maximum(np.linalg.norm(ab, axis=1), 1e-9)
+        direction = ab / length[:, None]
+        rel = np.array([x, y]) - a
+        t = np.clip(np.einsum("ij,ij->i", rel, direction), 0.0, length)
+        closest = a + direction * t[:, None]
+        distance = np.linalg.norm(np.array([x, y]) - closest, axis=1)
+        lateral = direction[:, 0] * rel[:, 1] - direction[:, 1] * rel[:, 0]
+        s = self._point_s[seg] + t
+        heading = np.arctan2(direction[:, 1], direction[:, 0])
+        return lane_idx, distance, lateral, s, heading
+
+    def _best(self, x, y, yaw, require_heading: bool):
+        for k in (24, 96):
+            lane_idx, distance, lateral, s, heading = self._project(x, y, yaw, k)
+            score = distance.copy()
+            if yaw is not None:
+                dyaw = np.abs(wrap_angle(heading - yaw))
+                ok = dyaw <= self.params.heading_tolerance_rad
+                score += 1.0 * dyaw  # prefer the better-aligned of overlapping junction lanes (1 m per rad)
+                if ok.any():
+                    score[~ok] = np.inf
+                elif require_heading:
+                    continue
+            i = int(np.argmin(score))
+            return self._lane_keys[lane_idx[i]], float(lateral[i]), float(s[i]), float(distance[i])
+        return None
+
+    def nearest_lane(self, x: float, y: float, yaw: float | None = None) -> tuple[LaneKey, float, float]:
+        """Nearest driving lane to (x, y): (key, lateral offset m, left positive, s along the lane).
+
+        With ``yaw`` only lanes heading within ``heading_tolerance_rad`` count, unless no such lane
+        is near, in which case the nearest lane of any heading is returned.
+        """
+        key, lateral, s, _ = self._best(float(x), float(y), None if yaw is None else float(yaw), require_heading=False)
+        return key, lateral, s
+
+    def snap(self, x: float, y: float, yaw: float | None = None, what: str = "pose") -> tuple[LaneKey, float]:
+        """Lane and s for a route start or goal; UserError if no lane heading that way is near."""
+        best = self._best(float(x), float(y), None if yaw is None else float(yaw), require_heading=True)
+        if best is None or best[3] > self.params.snap_max_distance_m:
+            heading = "" if yaw is None else f" heading {math.degrees(yaw):.0f} deg"
+            raise UserError(f"{what} ({x:.1f}, {y:.1f}){heading} is not within {self.params.snap_max_distance_m:g} m "
+                            f"of a driving lane going that way", self.xodr_path)
+        return best[0], best[2]
+
+    def is_drivable(self, xy) -> np.ndarray:
+        """(N,2) points -> (N,) bool, True inside the union of driving lanes."""
+        xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        return shapely.contains_xy(self.drivable_area, xy[:, 0], xy[:, 1])
+
+    def lanes_in_radius(self, x: float, y: float, yaw: float, radius: float, max_lanes: int = 32,
+                        points_per_lane: int = 20) -> LanesNearby:
+        """Lanes with centreline points within ``radius`` of (x, y), resampled in the ego frame."""
+        points = np.zeros((max_lanes, points_per_lane, 2), dtype=np.float32)
+        mask = np.zeros(max_lanes, dtype=bool)
+        speed = np.zeros(max_lanes, dtype=np.float32)
+        junction = np.zeros(max_lanes, dtype=bool)
+        keys: list = [None] * max_lanes
+        idx = np.asarray(self._tree.query_ball_point((x, y), radius), dtype=np.int64)
+        if len(idx):
+            lane_idx = self._point_lane[idx]
+            dist = np.linalg.norm(self._points[idx] - (x, y), axis=1)
+            order = np.lexsort((dist, lane_idx))  # by lane, nearest first within a lane
+            lane_sorted, first = np.unique(lane_idx[order], return_index=True)
+            min_dist = dist[order][first]
+            s_min = np.minimum.reduceat(self._point_s[idx][order], first)
+            s_max = np.maximum.reduceat(self._point_s[idx][order], first)
+            chosen = np.argsort(min_dist, kind="stable")[:max_lanes]
+            cos_y, sin_y = math.cos(yaw), math.sin(yaw)
+            rotation = np.array([[cos_y, -sin_y], [sin_y, cos_y]])  # ego->map; rows below use its transpose
+            for row, c in enumerate(chosen):
+                lane = self._lane_list[lane_sorted[c]]
+                xyz = lane.interpolate(np.linspace(s_min[c], s_max[c], points_per_lane))
+                points[row] = (xyz[:, :2] - (x, y)) @ rotation
+                mask[row] = True
+                speed[row] = lane.speed_limit
+                junction[row] = lane.is_junction
+                keys[row] = lane.key
+        return LanesNearby(points=points, mask=mask, speed_limit=speed, is_junction=junction, keys=keys)
+
+    def route(self, start_xyyaw, goal_xyyaw):
+        """Shortest route between two poses (x, y, yaw); see ``hdmap.routing.plan_route``."""
+        from hdmap.routing import plan_route
+
+        return plan_route(self, [start_xyyaw, goal_xyyaw])
+
+    def __repr__(self) -> str:
+        return (f"HDMap({self.name!r}, lanes={len(self.lanes)}, junctions={len(self.junction_ids)}, "
+                f"traffic_lights={len(self.traffic_lights)})")
+
+
+def _key(waypoint) -> LaneKey:
+    return (int(waypoint.road_id), int(waypoint.section_id), int(waypoint.lane_id))
+
+
+def _same_direction_neighbour(waypoint, neighbour, driving) -> LaneKey | None:
+    if neighbour is None or neighbour.lane_type != driving:
+        return None
+    if neighbour.lane_id * waypoint.lane_id <= 0 or neighbour.road_id != waypoint.road_id:
+        return None
+    return _key(neighbour)
+
+
+# ---------------------------------------------------------------------- loading
+_SPEED_UNITS = {"m/s": 1.0, "km/h": KMH, "mph": 0.44704}
+_LOADED: dict[tuple, HDMap] = {}
+
+
+def _read_xodr(path: Path) -> tuple[str, dict]:
+    """Check a .xodr before CARLA sees it (carla.Map may crash or return nothing on garbage).
+
+    Returns its text and, per road id, [(s, road type, speed m/s or None)] from ``<type>``.
+    """
+    if not path.is_file():
+        raise UserError("map file not found", path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as exc:
+        raise DataError(f"cannot read map: {exc}", path) from None
+    try:
+        root = ET.fromstring(text.encode("utf-8"))
+    except ET.ParseError as exc:
+        raise DataError(f"not valid OpenDRIVE XML: {exc}", path) from None
+    if root.tag != "OpenDRIVE":
+        raise DataError(f"not an OpenDRIVE file: root element is <{root.tag}>, expected <OpenDRIVE>", path)
+    roads = root.findall("road")
+    if not roads:
+        raise DataError("OpenDRIVE file has no <road> elements", path)
+    road_types: dict[int, list] = {}
+    for road in roads:
+        try:
+            road_id = int(road.get("id"))
+            entries = []
+            for t in road.findall("type"):
+                speed = t.find("speed")
+                mps = None
+                if speed is not None and speed.get("max") not in (None, "no limit", "undefined"):
+                    mps = float(speed.get("max")) * _SPEED_UNITS.get(speed.get("unit", "m/s"), 1.0)
+                entries.append((float(t.get("s", 0.0)), t.get("type"), mps))
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"bad road id or <type> in road {road.get('id')!r}: {exc}", path) from None
+        road_types[road_id] = sorted(entries, key=lambda e: e[0])
+    return text, road_types
+
+
+def _resolve(name_or_path: str | os.PathLike, map_dirs) -> Path:
+    from hdmap import assets, generated
+
+    text = str(name_or_path)
+    candidate = Path(text).expanduser()
+    if candidate.suffix.lower() == ".xodr" or os.sep in text or candidate.is_file():
+        if not candidate.is_file():
+            raise UserError("map file not found", candidate)
+        return candidate.resolve()
+    if text in generated.BUILTIN:
+        target = cache_dir() / "maps" / f"{text}.xodr"
+        content = generated.generate(generated.BUILTIN[text])
+        if not target.is_file() or target.read_text() != content:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(f".{os.getpid()}.part")
+            partial.write_text(content)
+            partial.replace(target)  # atomic: concurrent loaders never read half a file
+        return target
+    # Explicit directories come before the download so tests and offline machines never need it.
+    for directory in map_dirs:
+        path = Path(directory).expanduser() / f"{text}.xodr"
+        if path.is_file():
+            return path.resolve()
+    if text in assets.MEMBERS:
+        return assets.fetch(text)
+    searched = ", ".join(str(d) for d in map_dirs) or "no --map-dir given"
+    raise UserError(f"unknown map {text!r}: not a .xodr path, not a built-in map {sorted(generated.BUILTIN) + sorted(assets.MEMBERS)}, "
+                    f"and no {text}.xodr in map dirs ({searched})")
+
+
+def load_map(name_or_path: str | os.PathLike, map_dirs=(), params: HDMapParams | None = None) -> HDMap:
+    """Load a map by .xodr path or by name (built-in generated map, Town01, or ``<dir>/<name>.xodr``).
+
+    Maps loaded with default parameters are kept per file (path, size, mtime) in this process, so
+    several stages calling ``load_map`` share one HDMap.
+    """
+    import carla
+
+    path = _resolve(name_or_path, tuple(map_dirs))
+    stat = path.stat()
+    cache_key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if params is None and cache_key in _LOADED:
+        return _LOADED[cache_key]
+    text, road_types = _read_xodr(path)
+    try:
+        carla_map = carla.Map(path.stem, text)
+    except RuntimeError as exc:
+        raise DataError(f"carla.Map could not parse the OpenDRIVE: {exc}", path) from None
+    hdmap = HDMap(path.stem, path, carla_map, road_types, params)
+    if params is None:
+        _LOADED[cache_key] = hdmap
+    return hdmap

@@ -1,0 +1,239 @@
+"""Lane graph and routing: shortest route by length, lane changes costed, dense 1 m paths.
+
+Graph nodes are LaneKeys. A ``follow`` edge u->v (v a successor of u) costs u's length: taking it
+means driving all of u. A ``lane_change`` edge u->v (v beside u, marking allows it, outside
+junctions) costs ``lane_change_penalty_m``: the car moves across at the same fraction of the
+section and then drives v. Start and goal sit part-way along lanes, so each query adds a START node
+with edges to the successors of every lane reachable sideways from the start lane (cost: the rest of
+that lane plus penalties) and a GOAL node reached from every lane that can change sideways into the
+goal lane (cost: the goal's distance along it plus penalties).
+
+A route is then a list of groups: lanes side by side joined by lane changes, driven from fraction
+f_in to f_out of the section. Inside a group the path blends from one lane centre to the next over
+``lane_change_length_m`` (a smoothstep), and the whole polyline is resampled at ``route_spacing_m``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+
+from adstack.errors import UserError
+
+FOLLOW, LANE_CHANGE = "follow", "lane_change"
+
+
+@dataclass
+class Route:
+    """A dense route in map coordinates: path (N,2) m at ~1 m spacing, yaw (N,) rad, s (N,) m."""
+
+    path: np.ndarray
+    yaw: np.ndarray
+    s: np.ndarray
+    lane_keys: list                 # LaneKey of each point
+    lane_change_indices: np.ndarray  # indices where the path has moved into the next lane sideways
+    speed_limit: np.ndarray         # (N,) m/s
+    total_length: float
+    z: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def lane_sequence(self) -> list:
+        """Lanes in driving order, each once per visit."""
+        return [k for i, k in enumerate(self.lane_keys) if i == 0 or k != self.lane_keys[i - 1]]
+
+    def __len__(self) -> int:
+        return len(self.path)
+
+
+def build_lane_graph(hdmap) -> nx.DiGraph:
+    graph = nx.DiGraph()
+    penalty = hdmap.params.lane_change_penalty_m
+    for key, lane in hdmap.lanes.items():
+        graph.add_node(key)
+        for succ in lane.successors:
+            graph.add_edge(key, succ, cost=lane.length, kind=FOLLOW)
+        if lane.lane_change_left:
+            graph.add_edge(key, lane.left, cost=penalty, kind=LANE_CHANGE)
+        if lane.lane_change_right:
+            graph.add_edge(key, lane.right, cost=penalty, kind=LANE_CHANGE)
+    return graph
+
+
+def lateral_chains(hdmap, key) -> dict:
+    """Lanes reachable from ``key`` by allowed lane changes alone -> the chain of lanes to them."""
+    chains = {key: [key]}
+    for side in ("left", "right"):
+        chain, lane = [key], hdmap.lanes[key]
+        while True:
+            nxt = getattr(lane, side)
+            if nxt is None or not getattr(lane, f"lane_change_{side}") or nxt in chains:
+                break
+            chain = chain + [nxt]
+            chains[nxt] = chain
+            lane = hdmap.lanes[nxt]
+    return chains
+
+
+def _section_mates(hdmap, key) -> list:
+    road, section, lane_id = key
+    mates = getattr(hdmap, "_section_index", None)
+    if mates is None:
+        mates = {}
+        for k in hdmap.lanes:
+            mates.setdefault((k[0], k[1], k[2] > 0), []).append(k)
+        hdmap._section_index = mates
+    return mates[(road, section, lane_id > 0)]
+
+
+def _plan_leg(hdmap, start, goal, what=("start", "goal")) -> list:
+    """Groups [(lane keys side by side, f_in, f_out)] from pose ``start`` to pose ``goal``."""
+    p = hdmap.params
+    start_key, start_s = hdmap.snap(*_pose(start), what=what[0])
+    goal_key, goal_s = hdmap.snap(*_pose(goal), what=what[1])
+    f_start = start_s / max(hdmap.lanes[start_key].length, 1e-9)
+    f_goal = goal_s / max(hdmap.lanes[goal_key].length, 1e-9)
+    from_start = lateral_chains(hdmap, start_key)
+
+    best_cost, best_groups = math.inf, None
+    if goal_key in from_start:  # reachable along the start section, no junction in between
+        goal_lane = hdmap.lanes[goal_key]
+        ahead_m = (f_goal - f_start) * goal_lane.length
+        if ahead_m >= -p.backward_tolerance_m:
+            best_cost = max(ahead_m, 0.0) + p.lane_change_penalty_m * (len(from_start[goal_key]) - 1)
+            best_groups = [(from_start[goal_key], f_start, max(f_goal, f_start))]
+
+    graph = hdmap.graph.copy()
+    start_node, goal_node = ("START",), ("GOAL",)
+    for key, chain in from_start.items():
+        lane = hdmap.lanes[key]
+        cost = (1.0 - f_start) * lane.length + p.lane_change_penalty_m * (len(chain) - 1)
+        for succ in lane.successors:
+            if not graph.has_edge(start_node, succ) or graph[start_node][succ]["cost"] > cost:
+                graph.add_edge(start_node, succ, cost=cost, chain=chain)
+    goal_length = hdmap.lanes[goal_key].length
+    for key in _section_mates(hdmap, goal_key):
+        chain = lateral_chains(hdmap, key).get(goal_key)
+        if chain is not None:
+            cost = f_goal * goal_length + p.lane_change_penalty_m * (len(chain) - 1)
+            graph.add_edge(key, goal_node, cost=cost, chain=chain)
+    try:
+        cost, nodes = nx.single_source_dijkstra(graph, start_node, goal_node, weight="cost")
+    except nx.NetworkXNoPath:
+        cost, nodes = math.inf, None
+    if nodes is not None and cost < best_cost:
+        best_cost, best_groups = cost, _groups_from_nodes(graph, nodes, f_start, f_goal)
+    if best_groups is None:
+        raise UserError(f"no route from {what[0]} {_fmt_pose(start)} (lane {start_key}) to {what[1]} "
+                        f"{_fmt_pose(goal)} (lane {goal_key}) in the lane graph", hdmap.xodr_path)
+    return best_groups
+
+
+def _groups_from_nodes(graph, nodes, f_start, f_goal) -> list:
+    first_chain = graph[nodes[0]][nodes[1]]["chain"]
+    last_chain = graph[nodes[-2]][nodes[-1]]["chain"]
+    steps = [(k, LANE_CHANGE) for k in first_chain]  # the first lane's kind is irrelevant
+    inner = nodes[1:-1]
+    steps.append((inner[0], FOLLOW))
+    for u, v in zip(inner[:-1], inner[1:]):
+        steps.append((v, graph[u][v]["kind"]))
+    steps.extend((k, LANE_CHANGE) for k in last_chain[1:])
+    groups: list = []
+    for i, (key, kind) in enumerate(steps):
+        if i == 0 or kind == FOLLOW:
+            groups.append([[key], 0.0, 1.0])
+        else:
+            groups[-1][0].append(key)
+    groups[0][1] = f_start
+    groups[-1][2] = f_goal
+    return [tuple(g) for g in groups]
+
+
+def _smoothstep(u: np.ndarray) -> np.ndarray:
+    u = np.clip(u, 0.0, 1.0)
+    return u * u * (3.0 - 2.0 * u)
+
+
+def _sample_group(hdmap, keys, f_in, f_out, step_m=0.25):
+    """Raw polyline of one group: (K,3) xyz, (K,) index into ``keys``, (K,) lane-change start flags."""
+    lanes = [hdmap.lanes[k] for k in keys]
+    mean_length = float(np.mean([l.length for l in lanes]))
+    span = f_out - f_in
+    n = max(2, int(math.ceil(span * mean_length / step_m)) + 1)
+    f = np.linspace(f_in, f_out, n)
+    centres = np.stack([lane.interpolate(f * lane.length) for lane in lanes])  # (k+1, n, 3)
+    xyz = centres[0].copy()
+    which = np.zeros(n, dtype=np.int64)
+    changes = len(lanes) - 1
+    if changes:
+        half_window = max(min(hdmap.params.lane_change_length_m / 2.0 / max(mean_length, 1e-9), span / (2 * changes)), 1e-9)
+        for i in range(changes):
+            centre = f_in + (i + 0.5) * span / changes
+            blend = _smoothstep((f - (centre - half_window)) / (2.0 * half_window))
+            xyz += blend[:, None] * (centres[i + 1] - centres[i])
+            which += f >= centre
+    return xyz, which
+
+
+def _build_route(hdmap, legs: list, spacing: float, start_yaw: float | None) -> Route:
+    xyz_parts, key_parts, change_parts = [], [], []
+    for groups in legs:
+        for keys, f_in, f_out in groups:
+            xyz, which = _sample_group(hdmap, keys, f_in, f_out)
+            lane_keys = [keys[i] for i in which]
+            change = np.zeros(len(which), dtype=bool)
+            change[1:] = which[1:] != which[:-1]
+            if xyz_parts:  # drop the first sample where it repeats the previous group's last one
+                if np.linalg.norm(xyz[0, :2] - xyz_parts[-1][-1, :2]) < 1e-3:
+                    xyz, lane_keys, change = xyz[1:], lane_keys[1:], change[1:]
+            if len(xyz):
+                xyz_parts.append(xyz)
+                key_parts.extend(lane_keys)
+                change_parts.append(change)
+    xyz = np.vstack(xyz_parts)
+    change = np.concatenate(change_parts)
+    step = np.linalg.norm(np.diff(xyz[:, :2], axis=0), axis=1)
+    raw_s = np.concatenate([[0.0], np.cumsum(step)])
+    total = float(raw_s[-1])
+    s = np.arange(0.0, total, spacing) if total > 0 else np.zeros(1)
+    if total - s[-1] > 1e-6:
+        s = np.append(s, total)
+    path = np.column_stack([np.interp(s, raw_s, xyz[:, 0]), np.interp(s, raw_s, xyz[:, 1])])
+    z = np.interp(s, raw_s, xyz[:, 2])
+    raw_index = np.clip(np.searchsorted(raw_s, s, side="right") - 1, 0, len(raw_s) - 1)
+    lane_keys = [key_parts[i] for i in raw_index]
+    change_at = np.unique(np.clip(np.searchsorted(s, raw_s[change], side="left"), 0, len(s) - 1))
+    if len(path) >= 2:
+        d = np.gradient(path, axis=0)
+        yaw = np.arctan2(d[:, 1], d[:, 0])
+    else:
+        yaw = np.array([start_yaw if start_yaw is not None else hdmap.lanes[lane_keys[0]].heading[0]])
+    speed = np.array([hdmap.lanes[k].speed_limit for k in lane_keys])
+    return Route(path=path, yaw=yaw, s=s, lane_keys=lane_keys, lane_change_indices=change_at.astype(np.int64),
+                 speed_limit=speed, total_length=total, z=z)
+
+
+def plan_route(hdmap, poses, spacing: float | None = None) -> Route:
+    """Route through ``poses`` [(x, y, yaw or None), ...] in order, each leg the shortest one."""
+    if len(poses) < 2:
+        raise UserError(f"a route needs at least two poses, got {len(poses)}", hdmap.xodr_path)
+    legs = []
+    for i in range(len(poses) - 1):
+        names = ("start", "goal") if len(poses) == 2 else (f"waypoint {i}", f"waypoint {i + 1}")
+        legs.append(_plan_leg(hdmap, poses[i], poses[i + 1], names))
+    return _build_route(hdmap, legs, spacing or hdmap.params.route_spacing_m, _pose(poses[0])[2])
+
+
+def _pose(pose) -> tuple:
+    pose = tuple(pose)
+    if len(pose) == 2:
+        return float(pose[0]), float(pose[1]), None
+    yaw = pose[2]
+    return float(pose[0]), float(pose[1]), (None if yaw is None or (isinstance(yaw, float) and math.isnan(yaw)) else float(yaw))
+
+
+def _fmt_pose(pose) -> str:
+    x, y, yaw = _pose(pose)
+    return f"({x:.1f}, {y:.1f})" + ("" if yaw is None else f" yaw {math.degrees(yaw):.0f} deg")

@@ -1,0 +1,290 @@
+"""Closed-loop drive of one Leaderboard route in the embedded world, scored as the Leaderboard scores.
+
+Each tick (default 20 Hz), in a fixed order and with no transport in between:
+world -> (perception) -> planner (10 Hz) -> controller -> world.tick -> scorer -> log.
+The outcome is ``result.json`` (score, completion, penalty, every infraction, distances, times),
+``log.mcap`` (odometry, lidar, objects, trajectory, command, lights; standard types where one exists)
+and ``bev.png``. Failures are results too: a route that cannot be set up or a planner that raises is
+recorded with the status and the score the Leaderboard would give, and the caller exits non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from adstack import topics
+from adstack.errors import UserError
+from adstack.types import Boxes, Command, Trajectory
+
+STATUS_SETUP_FAILED = "Failed - Agent couldn't be set up"  # Leaderboard status for a route that never started
+STATUS_SIM_CRASHED = "Failed - Simulation crashed"
+STATUS_AGENT_CRASHED = "Failed - Agent crashed"
+PLANNERS = ("expert", "learned")
+PERCEPTION_MODES = ("ground_truth", "lidar")
+
+
+@dataclass
+class DriveOptions:
+    routes: str
+    route_id: str
+    out: str
+    map_name: str | None = None  # if given, must match the route's town
+    map_dirs: list = field(default_factory=list)
+    planner: str = "expert"
+    perception: str = "ground_truth"
+    seconds: float | None = None  # simulated-time cap (None: the route's own timeout decides)
+    seed: int = 0
+    variant: str = "lb1"
+    lidar: bool = True
+    vehicles: int | None = None
+    pedestrians: int | None = None
+    log: bool = True
+    bev: bool = True
+    progress: bool = True
+    planner_hz: float = 10.0
+
+
+def failed_route_result(opts: DriveOptions, status: str, wall_s: float):
+    """The RouteResult the Leaderboard records for a route that failed before scoring anything."""
+    from sim.scoring import RouteResult, variant_by_name
+    variant = variant_by_name(opts.variant)
+    return RouteResult(variant, str(opts.route_id), 0, status, 0.0, 1.0, 0.0,
+                       {k: [] for k in variant.infraction_keys}, 0.0, 0.0, round(wall_s, 3))
+
+
+def _failure_result(opts: DriveOptions, status: str, message: str, wall_s: float, index: int = 0) -> dict:
+    """result.json for a route that failed before scoring anything."""
+    return {"route_id": str(opts.route_id), "index": index, "status": status, "failure_message": message,
+            "driving_score": 0.0, "route_completion": 0.0, "infraction_penalty": 1.0,
+            "infractions": [], "infractions_by_type": {}, "distance_driven_m": 0.0, "route_length_m": 0.0,
+            "simulated_s": 0.0, "wall_s": round(wall_s, 3), "realtime_factor": 0.0,
+            "variant": opts.variant, "seed": opts.seed, "planner": opts.planner, "perception": opts.perception}
+
+
+def _event_dict(ev) -> dict:
+    d = ev.to_dict() if hasattr(ev, "to_dict") else dict(ev.__dict__)
+    out = {"type": d.get("key", d.get("type")), "time": d.get("t", d.get("time")),
+           "position": [float(v) for v in d.get("position", d.get("xy", (math.nan, math.nan)))[:2]]}
+    for k in ("message", "value", "other_id", "other_class"):
+        if k in d and d[k] is not None:
+            out[k] = d[k]
+    return out
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".json.part")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
+    tmp.replace(path)
+
+
+def _json_default(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, tuple):
+        return list(v)
+    return str(v)
+
+
+def load_route(opts: DriveOptions):
+    """(RouteSpec, HDMap, dense Route) or a UserError naming the file and the problem."""
+    from hdmap import load_map
+    from hdmap.routes import dense_route, read_route_file
+
+    specs = read_route_file(opts.routes)
+    by_id = {str(s.id): s for s in specs}
+    spec = by_id.get(str(opts.route_id))
+    if spec is None:
+        sample = ", ".join(list(by_id)[:8]) + (" ..." if len(by_id) > 8 else "")
+        raise UserError(f"no route with id {opts.route_id!r} (ids: {sample})", opts.routes)
+    if opts.map_name and Path(opts.map_name).stem != spec.town and opts.map_name != spec.town:
+        raise UserError(f"route {spec.id} is on {spec.town}, not on --map {opts.map_name}", opts.routes)
+    hdmap = load_map(opts.map_name or spec.town, map_dirs=opts.map_dirs)
+    route = dense_route(hdmap, spec)
+    return spec, hdmap, route
+
+
+def make_planner(name: str, hdmap, route):
+    if name == "expert":
+        from planning.expert import Expert
+        return Expert(hdmap, route)
+    if name == "learned":
+        from planning.learned import LearnedPlanner  # arrives with the learned-planner issue
+        return LearnedPlanner(hdmap, route)
+    raise UserError(f"unknown planner {name!r}; choose from {PLANNERS}")
+
+
+class Progress:
+    """One status line, refreshed at most every ``period_s`` of wall time."""
+
+    def __init__(self, enabled: bool, period_s: float = 2.0):
+        self.enabled = enabled
+        self.period_s = period_s
+        self.last = -1e9
+
+    def update(self, text: str, force: bool = False) -> None:
+        now = time.perf_counter()
+        if self.enabled and (force or now - self.last >= self.period_s):
+            self.last = now
+            print(text, file=sys.stderr, flush=True)
+
+
+def drive(opts: DriveOptions) -> tuple[dict, int, object]:
+    """Run one route; returns (result dict, exit code, sim.scoring.RouteResult).
+
+    Always writes ``out/result.json``; bad input raises UserError after writing the failure there."""
+    wall0 = time.perf_counter()
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = Progress(opts.progress)
+    if opts.planner not in PLANNERS:
+        raise UserError(f"unknown planner {opts.planner!r}; choose from {', '.join(PLANNERS)}")
+    if opts.perception not in PERCEPTION_MODES:
+        raise UserError(f"unknown perception {opts.perception!r}; choose from {', '.join(PERCEPTION_MODES)}")
+    try:
+        spec, hdmap, route = load_route(opts)
+    except UserError as err:
+        result = _failure_result(opts, STATUS_SETUP_FAILED, str(err), time.perf_counter() - wall0)
+        _write_json(out / "result.json", result)
+        raise
+    try:
+        return _drive_loaded(opts, spec, hdmap, route, out, progress, wall0)
+    except UserError as err:
+        result = _failure_result(opts, STATUS_SETUP_FAILED, str(err), time.perf_counter() - wall0)
+        _write_json(out / "result.json", result)
+        raise
+
+
+def _drive_loaded(opts, spec, hdmap, route, out: Path, progress: Progress, wall0: float):
+    from control import Controller
+    from sim.scoring import scorer_from_hdmap, variant_by_name
+    from sim.world import World, WorldConfig
+
+    cfg = WorldConfig.load()
+    cfg.lidar = bool(opts.lidar or opts.perception == "lidar")
+    if opts.vehicles is not None:
+        cfg.traffic.vehicles = opts.vehicles
+    if opts.pedestrians is not None:
+        cfg.traffic.pedestrians = opts.pedestrians
+    variant = variant_by_name(opts.variant)
+    start_xy, start_yaw = route.path[0], float(route.yaw[0])
+    vehicle = cfg.vehicle
+    # The route starts at the ego's box centre; the bicycle model's pose is the rear axle.
+    rear = start_xy - vehicle.center_offset * np.array([math.cos(start_yaw), math.sin(start_yaw)])
+    world = World(hdmap, cfg, seed=opts.seed)
+    perception = None
+    if opts.perception == "lidar":
+        from perception.closed_loop import LidarPerception  # detector on the simulated lidar
+        perception = LidarPerception.default()
+    writer = None
+    status_override = None
+    failure_message = None
+    exit_code = 0
+    driven = []
+    try:
+        state = world.reset((float(rear[0]), float(rear[1]), start_yaw, 0.0))
+        planner = make_planner(opts.planner, hdmap, route)
+        controller = Controller()
+        scorer = scorer_from_hdmap(hdmap, route, variant, start_t=state.t, route_id=spec.id,
+                                   ego_center_offset_m=vehicle.center_offset)
+        if opts.log:
+            from adstack.bag import BagWriter
+            writer = BagWriter(out / "log.mcap", overwrite=True)
+            writer.write_json(topics.ROUTE, {"route_id": spec.id, "town": spec.town,
+                                             "path": np.round(route.path, 3)}, state.t)
+        plan_every = max(1, int(round(1.0 / (opts.planner_hz * cfg.dt))))
+        limit_s = opts.seconds if opts.seconds is not None else math.inf
+        trajectory: Trajectory | None = None
+        objects = state.actors
+        tick = 0
+        while not scorer.done and state.t < limit_s:
+            if perception is not None and state.lidar is not None:
+                objects = perception.step(state)
+            elif perception is None:
+                objects = state.actors
+            if tick % plan_every == 0:
+                try:
+                    trajectory = planner.step(state.ego, objects, state.traffic_lights, state.t)
+                except Exception as exc:  # the Leaderboard records an agent crash and keeps the score so far
+                    status_override = STATUS_AGENT_CRASHED
+                    failure_message = f"planner {opts.planner} raised {type(exc).__name__}: {exc}"
+                    print(f"adstack drive: {failure_message}", file=sys.stderr)
+                    traceback.print_exc(limit=3, file=sys.stderr)
+                    exit_code = 1
+                    break
+                if writer is not None:
+                    writer.write_trajectory(topics.TRAJECTORY, trajectory, state.t)
+            command = controller.step(state.ego, trajectory, state.t)
+            state = world.tick(command)
+            tick += 1
+            scorer.update(state.t, state.ego, (vehicle.length, vehicle.width), state.actors,
+                          world.scenery.query(state.ego.x, state.ego.y) if world.scenery is not None else None,
+                          state.traffic_lights)
+            driven.append((state.ego.x, state.ego.y, state.ego.v))
+            if writer is not None:
+                writer.write_odometry(topics.KINEMATIC_STATE, state.ego, state.t)
+                writer.write_command(topics.CONTROL_COMMAND, command, state.t)
+                if tick % plan_every == 0:
+                    writer.write_objects(topics.GROUND_TRUTH_OBJECTS, state.actors, state.t)
+                    writer.write_traffic_lights(topics.TRAFFIC_SIGNALS, state.traffic_lights, state.t)
+                    if perception is not None:
+                        writer.write_objects(topics.DETECTED_OBJECTS, objects, state.t)
+                if state.lidar is not None:
+                    writer.write_pointcloud(topics.LIDAR_POINTS, state.lidar, state.t)
+            rc, pen, ds = scorer.current_scores()
+            progress.update(f"route {spec.id} t={state.t:6.1f}s completion={rc:5.1f}% penalty={pen:.2f} "
+                            f"score={ds:5.1f} speed={state.ego.v * 3.6:4.0f} km/h "
+                            f"({state.t / max(time.perf_counter() - wall0, 1e-9):.1f}x real time)")
+    finally:
+        timing = dict(world.timing)
+        world.close()
+        if writer is not None:
+            writer.close()
+    wall_s = time.perf_counter() - wall0
+    scored = scorer.result(duration_system_s=wall_s)
+    status = status_override or scored.status
+    if status_override is None and not scored.completed and state.t >= limit_s:
+        status = f"Stopped - --seconds {opts.seconds:g} reached"
+    events = [ev for evs in scored.infractions.values() for ev in evs]
+    from sim.scoring import route_record
+    result = {
+        "route_id": str(spec.id), "town": spec.town, "status": status,
+        "driving_score": scored.driving_score, "route_completion": scored.route_completion,
+        "infraction_penalty": scored.infraction_penalty,
+        "infractions": sorted((_event_dict(e) for e in events), key=lambda e: (e["time"] or 0)),
+        "infractions_by_type": {k: len(v) for k, v in scored.infractions.items()},
+        "distance_driven_m": round(scored.distance_driven_m, 2), "route_length_m": round(scored.route_length_m, 2),
+        "offroad_distance_m": round(scored.offroad_distance_m, 2),
+        "simulated_s": round(state.t, 3), "wall_s": round(wall_s, 3),
+        "realtime_factor": round(state.t / wall_s, 2) if wall_s > 0 else 0.0,
+        "timing_s": {k: round(v, 3) if isinstance(v, float) else v for k, v in timing.items()},
+        "variant": variant.name if hasattr(variant, "name") else opts.variant,
+        "seed": opts.seed, "planner": opts.planner, "perception": opts.perception,
+        "leaderboard_record": route_record(scored),
+    }
+    if failure_message:
+        result["failure_message"] = failure_message
+    _write_json(out / "result.json", result)
+    if opts.bev:
+        _write_bev(out / "bev.png", hdmap, route, np.array(driven).reshape(-1, 3), state.actors, result)
+    if status_override:
+        scored.status = status_override
+    return result, exit_code, scored
+
+
+def _write_bev(path, hdmap, route, driven, actors: Boxes, result: dict) -> None:
+    from sim.bev_plot import render_drive_bev
+    lanes = [lane.centerline for lane in hdmap.lanes.values()]
+    title = (f"route {result['route_id']} ({result['town']}): DS {result['driving_score']:.1f}, "
+             f"RC {result['route_completion']:.1f}%, IP {result['infraction_penalty']:.2f}  [{result['status']}]")
+    render_drive_bev(path, lanes, route.path, driven[:, :2], driven[:, 2], actors.corners_xy(), actors.label,
+                     result["infractions"], title)

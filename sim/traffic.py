@@ -1,0 +1,549 @@
+"""SUMO traffic on the map's own road network: vehicles, cyclists, pedestrians and traffic lights.
+
+The OpenDRIVE file behind the ``HDMap`` is converted once by ``netconvert`` (cached by content hash
+in ``adstack.paths.cache_dir()``) and simulated in process with libsumo. Frames: netconvert shifts
+the OpenDRIVE coordinates by the net's ``netOffset`` and keeps their orientation, so our map frame
+(OpenDRIVE's own right-handed frame, REP-103) is ``xy_map = xy_sumo - netOffset``. SUMO angles are
+compass degrees (0 = north = +y, clockwise); ``yaw = radians(90 - angle)``. SUMO reports a vehicle's
+position at its front bumper; boxes here are centred.
+
+libsumo is one simulation per process: starting a ``Traffic`` closes any other one still running.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from adstack.config import from_dict
+from adstack.errors import DataError, UserError
+from adstack.paths import cache_dir
+from adstack.types import Boxes, LightState, ObjectClass, TrafficLight
+
+# Exactly the conversion the project specifies; changing it changes the cache key.
+NETCONVERT_OPTIONS = ("--tls.guess-signals", "true", "--sidewalks.guess", "true", "--crossings.guess", "true",
+                      "--output.original-names", "true")
+
+EGO_SUMO_ID = "ego"
+EGO_ACTOR_ID = 0
+
+
+@dataclass
+class VehicleTypeSpec:
+    """One kind of road user SUMO drives: its vClass, box size (m), top speed (m/s) and share."""
+
+    name: str = "car"
+    vclass: str = "passenger"  # SUMO vClass: passenger, truck, bus, motorcycle, bicycle, ...
+    length: float = 4.6
+    width: float = 1.9
+    height: float = 1.5
+    max_speed: float = 13.9
+    share: float = 1.0
+
+
+DEFAULT_VEHICLE_TYPES = (
+    {"name": "car", "vclass": "passenger", "length": 4.6, "width": 1.9, "height": 1.5, "max_speed": 13.9, "share": 0.70},
+    {"name": "van", "vclass": "delivery", "length": 5.4, "width": 2.1, "height": 2.3, "max_speed": 12.5, "share": 0.10},
+    {"name": "truck", "vclass": "truck", "length": 8.5, "width": 2.5, "height": 3.4, "max_speed": 11.1, "share": 0.05},
+    {"name": "motorcycle", "vclass": "motorcycle", "length": 2.2, "width": 0.8, "height": 1.5, "max_speed": 13.9, "share": 0.05},
+    {"name": "bicycle", "vclass": "bicycle", "length": 1.8, "width": 0.7, "height": 1.7, "max_speed": 5.5, "share": 0.10},
+)
+
+
+@dataclass
+class TrafficConfig:
+    vehicles: int = 100  # SUMO vehicles kept in the world (not counting the ego)
+    pedestrians: int = 100
+    vehicle_types: list = field(default_factory=lambda: [dict(t) for t in DEFAULT_VEHICLE_TYPES])
+    pedestrian_size: tuple = (0.5, 0.6, 1.75)  # length, width, height (m)
+    pedestrian_max_speed: float = 1.4  # m/s
+    warmup_s: float = 2.0  # SUMO runs this long before the first world tick so traffic is moving
+    time_to_teleport_s: float = 120.0  # SUMO resolves gridlock by teleporting vehicles stuck this long
+    refill_period_s: float = 1.0  # how often routes are extended and missing actors re-spawned
+    route_attempts: int = 20  # random origin/destination draws before giving up on one actor
+
+    def __post_init__(self):
+        self.vehicle_types = [t if isinstance(t, VehicleTypeSpec) else from_dict(VehicleTypeSpec, t, "vehicle_types")
+                              for t in self.vehicle_types]
+        if self.vehicles < 0 or self.pedestrians < 0:
+            raise DataError("vehicles and pedestrians must be >= 0", "traffic")
+        if self.vehicles and not self.vehicle_types:
+            raise DataError("vehicle_types is empty", "traffic")
+        if any(t.share < 0 for t in self.vehicle_types) or (self.vehicle_types and sum(t.share for t in self.vehicle_types) <= 0):
+            raise DataError("vehicle type shares must be >= 0 with a positive sum", "traffic")
+        self.pedestrian_size = tuple(float(v) for v in self.pedestrian_size)
+
+
+# --- binaries and the network -------------------------------------------------------------------
+
+def sumo_home() -> Path | None:
+    try:
+        import sumo  # the eclipse-sumo wheel
+        return Path(sumo.SUMO_HOME)
+    except ImportError:
+        env = os.environ.get("SUMO_HOME")
+        return Path(env) if env else None
+
+
+def sumo_binary(name: str) -> str:
+    """Path of a SUMO executable (``netconvert``, ``sumo``), from the wheel or the PATH."""
+    home = sumo_home()
+    if home is not None and (home / "bin" / name).is_file():
+        return str(home / "bin" / name)
+    found = shutil.which(name)
+    if found is None:
+        raise UserError(f"SUMO's {name} not found: install eclipse-sumo (pip) or put it on PATH")
+    return found
+
+
+def sumo_version() -> str:
+    import libsumo
+    return str(libsumo.getVersion()[1]) if hasattr(libsumo, "getVersion") else "unknown"
+
+
+def build_net(xodr_path: str | Path) -> Path:
+    """Convert ``xodr_path`` to a SUMO net once; later calls return the cached file."""
+    xodr_path = Path(xodr_path)
+    try:
+        data = xodr_path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read OpenDRIVE file: {exc.strerror}", xodr_path) from None
+    key = hashlib.sha256(data + "\0".join(NETCONVERT_OPTIONS).encode() + sumo_version().encode()).hexdigest()[:20]
+    target = cache_dir() / "sumo" / f"{xodr_path.stem}-{key}.net.xml"
+    if target.is_file() and target.stat().st_size > 0:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + f".{os.getpid()}.part")
+    cmd = [sumo_binary("netconvert"), "--opendrive", str(xodr_path), *NETCONVERT_OPTIONS,
+           "--output-file", str(partial), "--no-warnings", "true"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not partial.is_file():
+        partial.unlink(missing_ok=True)
+        lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("Error")] or lines[-1:] or ["no output"]
+        raise DataError(f"netconvert failed: {errors[0]}", xodr_path)
+    partial.replace(target)  # atomic: a killed conversion never leaves a truncated net in the cache
+    return target
+
+
+def net_offset(net_path: str | Path) -> np.ndarray:
+    """The ``netOffset`` of a SUMO net (``<location netOffset="x,y" ...>``)."""
+    import xml.etree.ElementTree as ET
+    for _, elem in ET.iterparse(str(net_path), events=("start",)):
+        if elem.tag == "location":
+            return np.array([float(v) for v in elem.get("netOffset", "0,0").split(",")[:2]])
+    return np.zeros(2)
+
+
+# --- frames ---------------------------------------------------------------------------------------
+
+def sumo_to_map_xy(xy_sumo, offset) -> np.ndarray:
+    return np.asarray(xy_sumo, dtype=np.float64) - offset
+
+
+def map_to_sumo_xy(xy_map, offset) -> np.ndarray:
+    return np.asarray(xy_map, dtype=np.float64) + offset
+
+
+def sumo_angle_to_yaw(angle_deg):
+    """SUMO compass degrees (clockwise from +y) -> yaw (counter-clockwise from +x), in (-pi, pi]."""
+    yaw = np.radians(90.0 - np.asarray(angle_deg, dtype=np.float64))
+    return np.arctan2(np.sin(yaw), np.cos(yaw))
+
+
+def yaw_to_sumo_angle(yaw) -> float:
+    return float((90.0 - np.degrees(yaw)) % 360.0)
+
+
+# SUMO signal characters -> our light state. 'u' is red+yellow (about to turn green): still stop.
+_SIGNAL_STATE = {"G": LightState.GREEN, "g": LightState.GREEN, "y": LightState.YELLOW, "Y": LightState.YELLOW,
+                 "r": LightState.RED, "R": LightState.RED, "u": LightState.RED, "s": LightState.RED,
+                 "o": LightState.OFF, "O": LightState.OFF}
+
+
+@dataclass
+class StopLineSignal(TrafficLight):
+    """A traffic light as one driving lane sees it: the stop line at the lane's end.
+
+    ``position`` is the stop line's centre, ``yaw`` the driving direction there (map frame), ``lanes``
+    the OpenDRIVE (road_id, lane_id) of the governed lane, ``movements`` the state per turn
+    ('s' straight, 'l' left, 'r' right, 't' turn, ...). ``state`` is that of the straight movement
+    if the lane has one, else the most permissive of its movements.
+    """
+
+    yaw: float = 0.0
+    sumo_lane: str = ""
+    tls_id: str = ""
+    movements: dict = field(default_factory=dict)
+
+
+@dataclass
+class _SignalLane:
+    tls_id: str
+    lane: str
+    link_indices: tuple
+    directions: tuple
+    position: np.ndarray
+    yaw: float
+    odr_lane: tuple
+
+
+@dataclass
+class ActorArrays:
+    """Raw per-tick actor state from SUMO, map frame, box centres."""
+
+    sumo_ids: list
+    ids: np.ndarray
+    center: np.ndarray
+    size: np.ndarray
+    yaw: np.ndarray
+    speed: np.ndarray
+    label: np.ndarray
+
+    def boxes(self, stamp: float) -> Boxes:
+        velocity = self.speed[:, None] * np.stack([np.cos(self.yaw), np.sin(self.yaw)], -1)
+        return Boxes(self.center, self.size, self.yaw, self.label, None, velocity, self.ids, "map", stamp)
+
+
+def _parse_odr_lane(orig_id: str) -> tuple:
+    """netconvert's ``origId`` "road_lane" (first of several) -> (road_id, lane_id) or ()."""
+    token = (orig_id or "").split(" ")[0]
+    road, sep, lane = token.rpartition("_")
+    try:
+        return (road, int(lane)) if sep else ()
+    except ValueError:
+        return ()
+
+
+class Traffic:
+    """SUMO traffic in process. ``start`` -> (``set_ego`` -> ``step`` -> ``actors``)* -> ``close``."""
+
+    def __init__(self, net_path: str | Path, config: TrafficConfig, dt: float, seed: int):
+        import sumolib
+        self.net_path = Path(net_path)
+        self.config = config
+        self.dt = float(dt)
+        self.seed = int(seed)
+        self.offset = net_offset(self.net_path)
+        net = sumolib.net.readNet(str(self.net_path), withInternal=False)
+        normal = [e for e in net.getEdges() if e.getFunction() == ""]
+        self.vehicle_edges = {vc: sorted(e.getID() for e in normal if e.allows(vc))
+                              for vc in {t.vclass for t in config.vehicle_types} | {"passenger"}}
+        self.walk_edges = sorted(e.getID() for e in normal if e.allows("pedestrian"))
+        self.edge_length = {e.getID(): e.getLength() for e in normal}
+        self.drive_lanes = sorted((ln.getID(), ln.getLength()) for e in normal for ln in e.getLanes()
+                                  if ln.allows("passenger") and not ln.allows("pedestrian"))
+        self._lane_orig = {ln.getID(): _parse_odr_lane(ln.getParam("origId", "")) for e in normal for ln in e.getLanes()}
+        self._lane_shape = {ln.getID(): np.asarray(ln.getShape(), dtype=np.float64)[:, :2] for e in normal for ln in e.getLanes()}
+        self._started = False
+        self._labels = {t.name: (ObjectClass.CYCLIST if t.vclass == "bicycle" else ObjectClass.VEHICLE)
+                        for t in config.vehicle_types}
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self, ego_size: tuple[float, float, float] | None = None) -> None:
+        import libsumo
+        _close_running()
+        args = [sumo_binary("sumo"), "--net-file", str(self.net_path), "--step-length", repr(self.dt),
+                "--seed", str(self.seed), "--no-step-log", "true", "--no-warnings", "true",
+                "--collision.action", "warn", "--collision.check-junctions", "false",
+                "--time-to-teleport", repr(self.config.time_to_teleport_s), "--ignore-route-errors", "true",
+                "--pedestrian.model", "striping", "--default.carfollowmodel", "Krauss"]
+        try:
+            libsumo.start(args)
+        except Exception as exc:  # libsumo raises its own exception types
+            raise DataError(f"SUMO could not load the net: {exc}", self.net_path) from None
+        _RUNNING[0] = self
+        self._started = True
+        self._ts = libsumo
+        self._rng = np.random.default_rng(self.seed)
+        self._next_vehicle = 0
+        self._next_person = 0
+        self._actor_ids: dict[str, int] = {EGO_SUMO_ID: EGO_ACTOR_ID}
+        self._next_actor_id = 1
+        self._size: dict[str, tuple] = {}
+        self._label: dict[str, int] = {}
+        self._steps_since_refill = 0
+        self._define_types(ego_size)
+        self._signal_lanes = self._collect_signal_lanes()
+        self._tls_ids = sorted({s.tls_id for s in self._signal_lanes})
+        self._light_states, self._lights = None, []
+        self._population_key, self._population = None, None
+        self._ego_added = False
+        # No traffic yet: the caller places the ego first (set_ego, step) and then calls refill(),
+        # so that SUMO inserts nobody on top of the ego.
+
+    def close(self) -> None:
+        if self._started:
+            self._started = False
+            if _RUNNING[0] is self:
+                _RUNNING[0] = None
+                try:
+                    self._ts.close()
+                except Exception:
+                    pass
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _define_types(self, ego_size) -> None:
+        ts = self._ts
+        for spec in self.config.vehicle_types:
+            ts.vehicletype.copy("DEFAULT_BIKETYPE" if spec.vclass == "bicycle" else "DEFAULT_VEHTYPE", spec.name)
+            ts.vehicletype.setVehicleClass(spec.name, spec.vclass)
+            ts.vehicletype.setLength(spec.name, spec.length)
+            ts.vehicletype.setWidth(spec.name, spec.width)
+            ts.vehicletype.setHeight(spec.name, spec.height)
+            ts.vehicletype.setMaxSpeed(spec.name, spec.max_speed)
+            ts.vehicletype.setMinGap(spec.name, 2.0)
+        length, width, height = self.config.pedestrian_size
+        ts.vehicletype.copy("DEFAULT_PEDTYPE", "walker")
+        ts.vehicletype.setLength("walker", length)
+        ts.vehicletype.setWidth("walker", width)
+        ts.vehicletype.setHeight("walker", height)
+        ts.vehicletype.setMaxSpeed("walker", self.config.pedestrian_max_speed)
+        if ego_size is not None:
+            ts.vehicletype.copy("DEFAULT_VEHTYPE", "ego")
+            ts.vehicletype.setLength("ego", ego_size[0])
+            ts.vehicletype.setWidth("ego", ego_size[1])
+            ts.vehicletype.setHeight("ego", ego_size[2])
+        shares = np.array([t.share for t in self.config.vehicle_types], dtype=np.float64)
+        self._type_cdf = np.cumsum(shares / shares.sum()) if len(shares) else shares
+
+    # --- population ------------------------------------------------------------------------------
+
+    def _draw_type(self) -> VehicleTypeSpec:
+        index = int(np.searchsorted(self._type_cdf, self._rng.random(), side="right"))
+        return self.config.vehicle_types[min(index, len(self.config.vehicle_types) - 1)]
+
+    def _random_route(self, spec: VehicleTypeSpec):
+        ts, edges = self._ts, self.vehicle_edges[spec.vclass]
+        for _ in range(self.config.route_attempts):
+            a = edges[int(self._rng.integers(len(edges)))]
+            b = edges[int(self._rng.integers(len(edges)))]
+            if a == b:
+                continue
+            route = ts.simulation.findRoute(a, b, vType=spec.name)
+            if len(route.edges) >= 2:
+                return route.edges
+        return None
+
+    def _walk_stages(self, start: str | None, start_pos: float | None = None):
+        ts, edges = self._ts, self.walk_edges
+        for _ in range(self.config.route_attempts):
+            a = start or edges[int(self._rng.integers(len(edges)))]
+            b = edges[int(self._rng.integers(len(edges)))]
+            if a == b:
+                continue
+            a_pos = float(self._rng.uniform(0.0, self.edge_length[a])) if start_pos is None else start_pos
+            b_pos = float(self._rng.uniform(0.0, self.edge_length[b]))
+            stages = ts.simulation.findIntermodalRoute(a, b, modes="", departPos=a_pos, arrivalPos=b_pos)
+            if stages and all(len(s.edges) for s in stages):
+                return a, a_pos, stages
+        return None
+
+    def _extend_route(self, vid: str) -> None:
+        """Give a vehicle on its last edge a new destination instead of letting it vanish."""
+        ts = self._ts
+        edges = self.vehicle_edges.get(ts.vehicle.getVehicleClass(vid), self.vehicle_edges["passenger"])
+        for _ in range(self.config.route_attempts):
+            try:
+                ts.vehicle.changeTarget(vid, edges[int(self._rng.integers(len(edges)))])
+                return
+            except self._ts.TraCIException:
+                continue
+
+    def _spawn_vehicle(self) -> None:
+        ts = self._ts
+        spec = self._draw_type()
+        edges = self._random_route(spec)
+        if edges is None:
+            return
+        vid = f"v{self._next_vehicle}"
+        self._next_vehicle += 1
+        ts.route.add(f"r_{vid}", edges)
+        ts.vehicle.add(vid, f"r_{vid}", typeID=spec.name, depart="now", departLane="best",
+                       departPos="random_free", departSpeed="avg")
+        self._size[vid] = (spec.length, spec.width, spec.height)
+        self._label[vid] = int(self._labels[spec.name])
+
+    def _spawn_pedestrian(self) -> None:
+        ts = self._ts
+        walk = self._walk_stages(None)
+        if walk is None:
+            return
+        start, start_pos, stages = walk
+        pid = f"p{self._next_person}"
+        self._next_person += 1
+        ts.person.add(pid, start, start_pos, depart=-3, typeID="walker")  # -3: depart now
+        for stage in stages:
+            ts.person.appendStage(pid, stage)
+        self._size[pid] = self.config.pedestrian_size
+        self._label[pid] = int(ObjectClass.PEDESTRIAN)
+
+    def refill(self) -> None:
+        """Extend routes of actors about to arrive and re-spawn any that left, keeping the counts."""
+        ts = self._ts
+        for vid in ts.vehicle.getIDList():
+            if vid == EGO_SUMO_ID:
+                continue
+            if ts.vehicle.getRouteIndex(vid) >= len(ts.vehicle.getRoute(vid)) - 1:
+                self._extend_route(vid)
+        for pid in ts.person.getIDList():
+            if ts.person.getRemainingStages(pid) <= 1:
+                last_edge = ts.person.getEdges(pid)[-1]
+                walk = self._walk_stages(last_edge, None)
+                if walk is not None:
+                    for stage in walk[2]:
+                        ts.person.appendStage(pid, stage)
+        vehicles_now = ts.vehicle.getIDCount() - int(EGO_SUMO_ID in ts.vehicle.getIDList()) + len(ts.simulation.getPendingVehicles())
+        for _ in range(self.config.vehicles - vehicles_now):
+            self._spawn_vehicle()
+        for _ in range(self.config.pedestrians - ts.person.getIDCount()):
+            self._spawn_pedestrian()
+
+    # --- ego -------------------------------------------------------------------------------------
+
+    def set_ego(self, center_xy_map, yaw: float, speed: float, length: float) -> None:
+        """Place the ego (box centre, map frame) in SUMO so that traffic reacts to it."""
+        ts = self._ts
+        front = map_to_sumo_xy(center_xy_map, self.offset) + 0.5 * length * np.array([np.cos(yaw), np.sin(yaw)])
+        if not self._ego_added:
+            edge, _, _ = ts.simulation.convertRoad(float(front[0]), float(front[1]), False, "passenger")
+            ts.route.add("r_ego", [edge])
+            ts.vehicle.add(EGO_SUMO_ID, "r_ego", typeID="ego" if "ego" in ts.vehicletype.getIDList() else "DEFAULT_VEHTYPE",
+                           depart="now")
+            ts.vehicle.setSpeedMode(EGO_SUMO_ID, 0)
+            ts.vehicle.setLaneChangeMode(EGO_SUMO_ID, 0)
+            self._ego_added = True
+        ts.vehicle.moveToXY(EGO_SUMO_ID, "", -1, float(front[0]), float(front[1]), yaw_to_sumo_angle(yaw), keepRoute=2)
+        ts.vehicle.setSpeed(EGO_SUMO_ID, max(0.0, float(speed)))
+
+    # --- stepping and reading --------------------------------------------------------------------
+
+    def step(self) -> None:
+        self._ts.simulationStep()
+        self._steps_since_refill += 1
+        if self._steps_since_refill * self.dt >= self.config.refill_period_s - 1e-9:
+            self._steps_since_refill = 0
+            self.refill()
+
+    @property
+    def time(self) -> float:
+        return float(self._ts.simulation.getTime())
+
+    def _actor_id(self, sumo_id: str) -> int:
+        actor_id = self._actor_ids.get(sumo_id)
+        if actor_id is None:
+            actor_id = self._actor_ids[sumo_id] = self._next_actor_id
+            self._next_actor_id += 1
+        return actor_id
+
+    def actors(self) -> ActorArrays:
+        """All SUMO road users except the ego, map frame, box centres (z: box centre above ground)."""
+        ts = self._ts
+        key = (ts.vehicle.getIDList(), ts.person.getIDList())
+        if key != self._population_key:  # ids, sizes and labels change only when someone comes or goes
+            self._population_key = key
+            vids = tuple(v for v in key[0] if v != EGO_SUMO_ID)
+            self._population = (vids, key[1], vids + key[1],
+                                np.array([self._actor_id(s) for s in vids + key[1]], dtype=np.int64),
+                                np.array([self._size.get(s, (4.6, 1.9, 1.5)) for s in vids + key[1]],
+                                         dtype=np.float64).reshape(-1, 3),
+                                np.array([self._label.get(s, int(ObjectClass.VEHICLE)) for s in vids + key[1]],
+                                         dtype=np.int32))
+        vids, pids, sumo_ids, ids, size, label = self._population
+        v, p = ts.vehicle, ts.person
+        pos = np.array([v.getPosition3D(i) for i in vids] + [p.getPosition3D(i) for i in pids],
+                       dtype=np.float64).reshape(-1, 3)
+        yaw = sumo_angle_to_yaw(np.array([v.getAngle(i) for i in vids] + [p.getAngle(i) for i in pids]))
+        speed = np.array([v.getSpeed(i) for i in vids] + [p.getSpeed(i) for i in pids], dtype=np.float64)
+        heading = np.stack([np.cos(yaw), np.sin(yaw)], -1)
+        center = pos
+        center[:, :2] -= self.offset + 0.5 * size[:, :1] * heading  # front bumper -> box centre
+        center[:, 2] += 0.5 * size[:, 2]
+        return ActorArrays(list(sumo_ids), ids, center, size, yaw, speed, label)
+
+    def _collect_signal_lanes(self) -> list[_SignalLane]:
+        ts = self._ts
+        by_lane: dict[tuple, dict] = {}
+        for tls in ts.trafficlight.getIDList():
+            for index, links in enumerate(ts.trafficlight.getControlledLinks(tls)):
+                for in_lane, _out_lane, via in links:
+                    if in_lane.startswith(":") or in_lane not in self._lane_shape:
+                        continue  # pedestrian crossings start on walking areas
+                    entry = by_lane.setdefault((tls, in_lane), {"indices": [], "dirs": []})
+                    direction = next((l[6] for l in ts.lane.getLinks(in_lane) if l[4] == via), "s")
+                    entry["indices"].append(index)
+                    entry["dirs"].append(direction)
+        lanes = []
+        for (tls, in_lane), entry in by_lane.items():
+            shape = self._lane_shape[in_lane]
+            d = shape[-1] - shape[-2]
+            lanes.append(_SignalLane(tls, in_lane, tuple(entry["indices"]), tuple(entry["dirs"]),
+                                     sumo_to_map_xy(shape[-1], self.offset), float(np.arctan2(d[1], d[0])),
+                                     self._lane_orig.get(in_lane, ())))
+        return lanes
+
+    def traffic_lights(self) -> list[StopLineSignal]:
+        """One signal per (traffic light, incoming driving lane), at the lane's stop line.
+
+        The list is rebuilt only when a light changes: treat it as read-only."""
+        ts = self._ts
+        states = tuple(ts.trafficlight.getRedYellowGreenState(tls) for tls in self._tls_ids)
+        if states == self._light_states:
+            return self._lights
+        by_tls = dict(zip(self._tls_ids, states))
+        out = []
+        for s in self._signal_lanes:
+            chars = by_tls[s.tls_id]
+            movements = {}
+            for index, direction in zip(s.link_indices, s.directions):
+                state = _SIGNAL_STATE.get(chars[index], LightState.UNKNOWN) if index < len(chars) else LightState.UNKNOWN
+                movements.setdefault(direction, state)
+            if "s" in movements:
+                state = movements["s"]
+            else:
+                order = (LightState.GREEN, LightState.YELLOW, LightState.RED, LightState.OFF, LightState.UNKNOWN)
+                state = min(movements.values(), key=order.index)
+            out.append(StopLineSignal(f"{s.tls_id}:{s.lane}", state, s.position.copy(),
+                                      (s.odr_lane,) if s.odr_lane else (), s.yaw, s.lane, s.tls_id, movements))
+        self._light_states, self._lights = states, out
+        return out
+
+    def random_drive_pose(self, rng: np.random.Generator) -> tuple[float, float, float]:
+        """A pose (x, y, yaw; map frame) in the middle of a random driving lane."""
+        lane, length = self.drive_lanes[int(rng.integers(len(self.drive_lanes)))]
+        shape = self._lane_shape[lane]
+        seg = np.linalg.norm(np.diff(shape, axis=0), axis=1)
+        s = np.concatenate([[0.0], np.cumsum(seg)])
+        i = int(np.clip(np.searchsorted(s, s[-1] / 2) - 1, 0, len(seg) - 1))
+        t = (s[-1] / 2 - s[i]) / max(seg[i], 1e-9)
+        xy = shape[i] + t * (shape[i + 1] - shape[i])
+        d = shape[i + 1] - shape[i]
+        xy_map = sumo_to_map_xy(xy, self.offset)
+        return float(xy_map[0]), float(xy_map[1]), float(np.arctan2(d[1], d[0]))
+
+
+_RUNNING: list[Traffic | None] = [None]
+
+
+def _close_running() -> None:
+    import libsumo
+    previous = _RUNNING[0]
+    if previous is not None:
+        previous.close()
+    try:  # a simulation started outside this module (or left by a crash) also blocks libsumo.start
+        libsumo.close()
+    except Exception:
+        pass

@@ -1,0 +1,206 @@
+"""The embedded world: the map's road network, SUMO traffic and lights, the ego, a spinning lidar.
+
+One ``tick(command)`` advances everything by ``dt`` in a fixed order, synchronously:
+
+1. the ego (kinematic bicycle, ``sim.vehicle``) applies the command within its actuator limits;
+2. the ego is placed into SUMO (``moveToXY``) so that traffic reacts to it;
+3. SUMO steps vehicles, cyclists, pedestrians and traffic lights by ``dt``;
+4. actors and light states are read back into the map frame;
+5. the lidar casts the share of its revolution that falls into this tick (``sim.lidar``); a full
+   revolution (every 1 / rate_hz s) comes back as ``WorldState.lidar``.
+
+Same map, config, seed and commands -> the same states, bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from adstack.config import load_params
+from adstack.errors import DataError
+from adstack.types import Boxes, Command, EgoState, PointCloud, TrafficLight
+from sim.traffic import Traffic, TrafficConfig, build_net
+from sim.vehicle import BicycleModel, VehicleParams
+
+DEFAULT_PARAMS = Path(__file__).resolve().parent / "config" / "world.param.yaml"
+
+
+@dataclass
+class WorldConfig:
+    dt: float = 0.05  # s per tick (20 Hz)
+    lidar: bool = True  # cast the lidar (sim/lidar.py); off: WorldState.lidar stays None
+    lidar_params: str = ""  # a LidarConfig param file; "" -> sim/config/lidar.param.yaml
+    scenery: bool = True  # static scenery in the lidar (sim/scenery.py), where available
+    traffic: TrafficConfig = field(default_factory=TrafficConfig)
+    vehicle: VehicleParams = field(default_factory=VehicleParams)
+
+    def __post_init__(self):
+        if not 0 < self.dt <= 0.5:
+            raise DataError(f"dt must be in (0, 0.5] s, got {self.dt}", "world")
+
+    @classmethod
+    def load(cls, path: str | Path = DEFAULT_PARAMS) -> "WorldConfig":
+        return load_params(cls, path)
+
+
+@dataclass
+class WorldState:
+    t: float  # simulation time (s)
+    tick: int
+    ego: EgoState  # rear-axle pose (base_link), map frame
+    actors: Boxes  # every SUMO road user but the ego, map frame, ids stable per actor
+    actors_ego: Boxes  # the same boxes in the ego frame (base_link); velocities absolute, rotated
+    traffic_lights: list[TrafficLight]  # one per (signal, incoming lane); see sim.traffic.StopLineSignal
+    lidar: PointCloud | None = None  # a complete revolution, sensor frame; None on other ticks
+    lidar_labels: np.ndarray | None = None  # (N,) ObjectClass per lidar point (0: ground)
+    ego_box: Boxes | None = None  # the ego's own box, map frame, id 0
+
+
+def boxes_to_frame(boxes: Boxes, x: float, y: float, z: float, yaw: float, frame_id: str) -> Boxes:
+    """Express map-frame ``boxes`` in the frame at pose (x, y, z, yaw): positions, yaws, velocities."""
+    c, s = math.cos(yaw), math.sin(yaw)
+    rot_t = np.array([[c, s], [-s, c]])  # map -> frame
+    center = boxes.center.copy()
+    center[:, :2] = (boxes.center[:, :2] - (x, y)) @ rot_t.T
+    center[:, 2] -= z
+    rel_yaw = np.arctan2(np.sin(boxes.yaw - yaw), np.cos(boxes.yaw - yaw))
+    return Boxes(center, boxes.size, rel_yaw, boxes.label, boxes.score, boxes.velocity @ rot_t.T, boxes.ids,
+                 frame_id, boxes.stamp)
+
+
+class World:
+    """``World(map, config, seed)``; ``reset(ego_pose)``; then ``tick(command)`` per step."""
+
+    def __init__(self, map, config: WorldConfig | None = None, seed: int = 0):
+        self.map = map
+        self.config = config or WorldConfig()
+        self.seed = int(seed)
+        self.net_path = build_net(map.xodr_path)
+        self.traffic = Traffic(self.net_path, self.config.traffic, self.config.dt, self.seed)
+        self.vehicle = BicycleModel(self.config.vehicle)
+        self.lidar = None
+        self.scenery = None
+        if self.config.lidar:
+            from sim.lidar import Lidar, SpinningLidar, load_lidar_config
+            lidar_cfg = load_lidar_config(self.config.lidar_params) if self.config.lidar_params else load_lidar_config()
+            self.lidar = SpinningLidar(Lidar(lidar_cfg, seed=self.seed), tick_s=self.config.dt)
+            if self.config.scenery:
+                self.scenery = _load_scenery(map)
+        self.state: WorldState | None = None
+        self.timing = {"traffic_s": 0.0, "lidar_s": 0.0, "lidar_frames": 0, "ticks": 0}
+        self._tick = 0
+
+    # --- ground height from the map ------------------------------------------------------------
+
+    def ground_z(self, x: float, y: float) -> float:
+        carla_map = getattr(self.map, "carla_map", None)
+        if carla_map is None:
+            return 0.0
+        from hdmap.coords import ros_to_carla_location
+        wp = carla_map.get_waypoint(ros_to_carla_location(x, y, 0.0), project_to_road=True)
+        return 0.0 if wp is None else float(wp.transform.location.z)
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def reset(self, ego_pose=None) -> WorldState:
+        """Start (or restart) the world with the ego at ``ego_pose``: an ``EgoState``, an
+        (x, y, yaw[, v]) tuple in the map frame (rear axle), or None for a seeded random lane pose."""
+        rng = np.random.default_rng(self.seed)
+        if ego_pose is None:
+            ego_pose = self.traffic.random_drive_pose(rng)
+        if isinstance(ego_pose, EgoState):
+            ego = EgoState(ego_pose.x, ego_pose.y, ego_pose.yaw, ego_pose.v)
+        else:
+            values = [float(v) for v in ego_pose]
+            if len(values) not in (3, 4) or not all(math.isfinite(v) for v in values):
+                raise DataError(f"ego pose must be finite (x, y, yaw[, v]), got {ego_pose!r}", "world.reset")
+            ego = EgoState(*values[:3], v=values[3] if len(values) == 4 else 0.0)
+        ego.z = self.ground_z(ego.x, ego.y)
+        ego = self.vehicle.reset(ego)
+        p = self.config.vehicle
+        self.traffic.start(ego_size=(p.length, p.width, p.height))
+        self._place_ego(ego)
+        self.traffic.step()
+        self.traffic.refill()
+        # Let traffic get moving before the ego's first tick, with the ego already in place.
+        for _ in range(int(round(self.config.traffic.warmup_s / self.config.dt))):
+            self._place_ego(ego)
+            self.traffic.step()
+        if self.lidar is not None:
+            self.lidar.reset()
+        self._tick = 0
+        self.timing = {"traffic_s": 0.0, "lidar_s": 0.0, "lidar_frames": 0, "ticks": 0}
+        self.state = self._observe(ego, None)
+        return self.state
+
+    def close(self) -> None:
+        self.traffic.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- one tick --------------------------------------------------------------------------------
+
+    def tick(self, command: Command) -> WorldState:
+        if self.state is None:
+            raise RuntimeError("World.tick before World.reset")
+        dt = self.config.dt
+        start = time.perf_counter()
+        ego = self.vehicle.step(command, dt)
+        self._tick += 1
+        ego.stamp = self._tick * dt
+        ego.z = self.ground_z(ego.x, ego.y)
+        self._place_ego(ego)
+        self.traffic.step()
+        mid = time.perf_counter()
+        self.state = self._observe(ego, True)
+        self.timing["traffic_s"] += mid - start
+        self.timing["ticks"] += 1
+        return self.state
+
+    def _place_ego(self, ego: EgoState) -> None:
+        offset = self.config.vehicle.center_offset
+        center = (ego.x + offset * math.cos(ego.yaw), ego.y + offset * math.sin(ego.yaw))
+        self.traffic.set_ego(center, ego.yaw, ego.v, self.config.vehicle.length)
+
+    def ego_box(self, ego: EgoState) -> Boxes:
+        p = self.config.vehicle
+        c = (ego.x + p.center_offset * math.cos(ego.yaw), ego.y + p.center_offset * math.sin(ego.yaw),
+             ego.z + p.height / 2)
+        v = (ego.v * math.cos(ego.yaw), ego.v * math.sin(ego.yaw))
+        return Boxes([c], [[p.length, p.width, p.height]], [ego.yaw], [1], None, [v], [0], "map", ego.stamp)
+
+    def _observe(self, ego: EgoState, cast_lidar) -> WorldState:
+        t = self._tick * self.config.dt
+        raw = self.traffic.actors()
+        actors = raw.boxes(t)
+        actors_ego = boxes_to_frame(actors, ego.x, ego.y, ego.z, ego.yaw, "base_link")
+        cloud = None
+        if cast_lidar and self.lidar is not None:
+            start = time.perf_counter()
+            scenery = self.scenery.query(ego.x, ego.y) if self.scenery is not None else None
+            cloud = self.lidar.tick(t, ego, actors, scenery, ego.z)
+            self.timing["lidar_s"] += time.perf_counter() - start
+            self.timing["lidar_frames"] += cloud is not None
+        return WorldState(t, self._tick, ego, actors, actors_ego, self.traffic.traffic_lights(), cloud,
+                          None if cloud is None else cloud.labels, self.ego_box(ego))
+
+
+def _load_scenery(map):
+    """Static scenery for the lidar from sim/scenery.py, if that module is present."""
+    try:
+        from sim import scenery
+    except ImportError:
+        return None
+    builder = getattr(scenery, "SceneryIndex", None)
+    if builder is None:
+        return None
+    return builder.from_map(map) if hasattr(builder, "from_map") else None
