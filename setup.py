@@ -4,6 +4,17 @@ from glob import glob
 
 from setuptools import find_packages, setup
 
+# One console entry point per node, so `ros2 run adstack <executable>` works on a ROS 2 install.
+# tests/test_launch_graph.py checks this list against launch/graph.yaml.
+NODES = [
+    ("adstack_sim_bridge", "sim.bridge_node"),
+    ("adstack_map_server", "hdmap.map_server_node"),
+    ("adstack_lidar_detector", "perception.lidar_node"),
+    ("adstack_tracker", "fusion.tracking_node"),
+    ("adstack_planner", "planning.planning_node"),
+    ("adstack_controller", "control.control_node"),
+]
+
 PACKAGES = ["adstack", "perception", "fusion", "planning", "control", "hdmap", "sim"]
 
 setup(
@@ -22,5 +33,5 @@ setup(
     description="Autonomous-driving perception and planning stack",
     license="Apache-2.0",
     python_requires=">=3.10",
-    entry_points={"console_scripts": ["adstack = adstack.cli:main"]},
+    entry_points={"console_scripts": ["adstack = adstack.cli:main"] + [f"{exe} = {module}:main" for exe, module in NODES]},
 )

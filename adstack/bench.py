@@ -35,7 +35,12 @@ def _bench_detector(args):
     return bench_detector(args.model, runs=args.runs)
 
 
-BENCHMARKS = {"sim": _bench_sim, "lidar": _bench_lidar, "voxelizer": _bench_voxelizer, "detector": _bench_detector}
+def _bench_tracker(args):
+    from fusion.bench import bench_tracker
+    return bench_tracker(n_objects=args.actors if args.actors != 50 else 100)
+
+
+BENCHMARKS = {"tracker": _bench_tracker, "sim": _bench_sim, "lidar": _bench_lidar, "voxelizer": _bench_voxelizer, "detector": _bench_detector}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

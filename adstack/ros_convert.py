@@ -133,11 +133,17 @@ class RosbagsFactory:
             return lambda: [element() for _ in range(length)]
         return list
 
+    # Non-zero defaults declared in .msg files (rosbags' field definitions do not carry them).
+    MSG_DEFAULTS = {("geometry_msgs/msg/Quaternion", "w"): 1.0}
+
     def make(self, typename: str, **fields):
         defaults = self._defaults.get(typename)
         if defaults is None:
             _, fielddefs = self.store.fielddefs[typename]
             defaults = [(name, self._default_of(desc)) for name, desc in fielddefs]
+            defaults = [(name, (lambda v=self.MSG_DEFAULTS[(typename, name)]: v)
+                         if (typename, name) in self.MSG_DEFAULTS else make_default)
+                        for name, make_default in defaults]
             self._defaults[typename] = defaults
         values = {name: fields[name] if name in fields else make_default() for name, make_default in defaults}
         if len(fields) > len(values) or any(name not in values for name in fields):

@@ -33,6 +33,7 @@ class LongitudinalConfig:
     integral_zone_mps: float = 1.0  # integrate only when this close to the target, so steps do not overshoot
     integral_limit_mps2: float = 1.0
     speed_preview_s: float = 0.3  # read the target speed this far ahead along the path (actuator lag)
+    speed_preview_min_m: float = 1.0  # ... and at least this far (a plan from standstill starts at 0 m/s)
     feedforward: bool = True  # add the trajectory's own acceleration (v dv/ds)
     stop_speed_mps: float = 0.2  # below this with a stop target: hold the brake
     stop_hold_decel_mps2: float = 1.5

@@ -134,11 +134,11 @@ class Controller:
 
     def _longitudinal(self, ego, xy, s, v, s_ego, dt, debug: ControlDebug) -> float:
         lon = self.config.longitudinal
-        s_preview = s_ego + lon.speed_preview_s * max(ego.v, 0.0)
+        # At least a little ahead: a plan that starts from standstill reads 0 m/s right at the car.
+        s_preview = s_ego + max(lon.speed_preview_s * max(ego.v, 0.0), lon.speed_preview_min_m)
         v_target = float(np.interp(s_preview, s, v))
-        v_here = float(np.interp(s_ego, s, v))
         debug.target_speed_mps = v_target
-        if max(v_target, v_here) < lon.stop_speed_mps and abs(ego.v) < lon.stop_speed_mps:
+        if v_target < lon.stop_speed_mps and abs(ego.v) < lon.stop_speed_mps:
             self._integral = 0.0  # at rest with a stop target: hold the brake, no creeping
             return -lon.stop_hold_decel_mps2
         error = v_target - ego.v
@@ -147,6 +147,8 @@ class Controller:
             dv_ds = np.gradient(v, s) if len(s) > 2 else np.array([(v[1] - v[0]) / max(s[1] - s[0], 1e-6)] * 2)
             feedforward = float(np.interp(s_preview, s, v * dv_ds))
         unsaturated = feedforward + lon.kp_per_s * error + self._integral
+        if abs(ego.v) < lon.stop_speed_mps and unsaturated < 0.0:
+            return -lon.stop_hold_decel_mps2  # at rest and the plan still slows down: hold, do not wind up
         lim = self.config.limits
         if abs(error) < lon.integral_zone_mps and -lim.max_decel_mps2 < unsaturated < lim.max_accel_mps2:
             self._integral = float(np.clip(self._integral + lon.ki_per_s2 * error * dt,

@@ -30,6 +30,8 @@ LaneKey = tuple  # (road_id, section_id, lane_id), as CARLA numbers them
 TRAFFIC_LIGHT_TYPE = "1000001"  # OpenDRIVE dynamic signal type CARLA reads as a traffic light
 STOP_SIGN_TYPE = "206"          # German StVO sign 206 "Halt! Vorfahrt gewähren", OpenDRIVE's stop sign
 
+POLYGON_OVERLAP_M = 0.05
+HEADING_WEIGHT_M_PER_RAD = 1.0  # nearest-lane score: metres of distance one radian of heading error costs
 LANE_CHANGE_RIGHT = 1  # bits of carla.LaneChange (NONE=0, Right=1, Left=2, Both=3)
 LANE_CHANGE_LEFT = 2
 
@@ -78,8 +80,15 @@ class Lane:
 
     @cached_property
     def polygon(self) -> shapely.Polygon:
-        ring = np.vstack([self.left_boundary, self.right_boundary[::-1]])
-        poly = shapely.Polygon(ring)
+        """The lane's area, reaching ``POLYGON_OVERLAP_M`` past both ends so joined lanes union without slivers."""
+        ends = np.stack([self.heading[0], self.heading[-1]])
+        direction = np.stack([np.cos(ends), np.sin(ends)], axis=-1) * POLYGON_OVERLAP_M
+        left, right = self.left_boundary.copy(), self.right_boundary.copy()
+        left[0] -= direction[0]
+        right[0] -= direction[0]
+        left[-1] += direction[1]
+        right[-1] += direction[1]
+        poly = shapely.Polygon(np.vstack([left, right[::-1]]))
         return poly if poly.is_valid else poly.buffer(0)
 
     def interpolate(self, s) -> np.ndarray:
@@ -202,14 +211,20 @@ class HDMap:
                 else:
                     continue
             xy = np.column_stack([rows[:, 0], -rows[:, 1]])  # right-handed: see hdmap.coords
+            heading = np.unwrap(carla_to_ros_yaw(rows[:, 3]))
             step = np.linalg.norm(np.diff(xy, axis=0), axis=1)
-            s = np.concatenate([[0.0], np.cumsum(step)])
+            raw_s = np.concatenate([[0.0], np.cumsum(step)])
+            # CARLA spaces waypoints by road s; outer lanes of curves are longer, so resample to at
+            # most ``spacing`` of lane arc length.
+            s = np.linspace(0.0, raw_s[-1], max(2, int(math.ceil(raw_s[-1] / spacing - 1e-9)) + 1))
+            xy = np.column_stack([np.interp(s, raw_s, xy[:, 0]), np.interp(s, raw_s, xy[:, 1])])
+            rows = np.column_stack([np.interp(s, raw_s, rows[:, c]) for c in range(6)] + [np.interp(s, raw_s, rows[:, 6]).round()])
             mid = waypoints[len(waypoints) // 2]
             lane_change = rows[:, 6].astype(np.int64)
             is_junction = bool(mid.is_junction)
             lane = Lane(
                 key=key, centerline=xy, z=rows[:, 2].copy(), s=s, width=rows[:, 5].copy(),
-                heading=carla_to_ros_yaw(rows[:, 3]), road_s=rows[:, 4].copy(), length=float(s[-1]),
+                heading=wrap_angle(np.interp(s, raw_s, heading)), road_s=rows[:, 4].copy(), length=float(s[-1]),
                 speed_limit=self._speed_limit(key[0], float(np.median(rows[:, 4]))),
                 is_junction=is_junction, junction_id=int(mid.junction_id) if is_junction else -1,
                 successors=list(successors.get(key, [])),
@@ -249,6 +264,14 @@ class HDMap:
         self._point_lane = np.repeat(np.arange(len(self._lane_list)), counts)
         self._point_count = counts[self._point_lane]
         self._tree = cKDTree(self._points)
+        # Per sample, the segment to the next sample of its lane (a lane's last sample repeats the
+        # segment before it; queries never start a segment there).
+        step = np.diff(self._points, axis=0, append=self._points[-1:])
+        last = self._offsets[1:] - 1
+        step[last] = step[last - 1]
+        self._seg_len = np.maximum(np.hypot(step[:, 0], step[:, 1]), 1e-9)
+        self._seg_dir = step / self._seg_len[:, None]
+        self._seg_heading = np.arctan2(step[:, 1], step[:, 0])
 
     def _signals(self, type_code: str, kind: str) -> list[MapSignal]:
         import carla
@@ -306,69 +329,84 @@ class HDMap:
         return list(self._lights_by_lane.get(key, ()))
 
     # ------------------------------------------------------------------ queries
-    def _project(self, x: float, y: float, yaw: float | None, k: int = 24):
-        """Candidate projections of (x, y) onto lane segments near it.
+    def _project_many(self, xy: np.ndarray, yaw: np.ndarray | None, k: int, require_heading: bool):
+        """Best lane-segment projection of each of the (N,2) points ``xy`` among its k nearest points.
 
-        Returns arrays over candidate segments: lane index, distance, lateral (left +), s, segment
-        heading. Empty arrays when the map has no point near enough to matter.
+        Returns lane index (N,) (-1 where no candidate qualifies), distance, lateral (left +), s.
+        With ``yaw`` a candidate must head within ``heading_tolerance_rad``; when none of a point's
+        candidates does, the nearest of any heading is used unless ``require_heading``.
         """
         k = min(k, len(self._points))
-        _, idx = self._tree.query((x, y), k=k)
-        idx = np.atleast_1d(idx)
+        _, idx = self._tree.query(xy, k=k)
+        idx = idx.reshape(len(xy), k)
         lane_idx = self._point_lane[idx]
         start = self._offsets[lane_idx]
         local = idx - start
         last_segment = self._point_count[idx] - 2
-        seg = np.concatenate([start + np.clip(local - 1, 0, last_segment), start + np.clip(local, 0, last_segment)])
-        lane_idx = np.concatenate([lane_idx, lane_idx])
-        seg, unique = np.unique(seg, return_index=True)
-        lane_idx = lane_idx[unique]
-        a, b = self._points[seg], self._points[seg + 1]
-        ab = b - a
-        length = np.maximum(np.linalg.norm(ab, axis=1), 1e-9)
-        direction = ab / length[:, None]
-        rel = np.array([x, y]) - a
-        t = np.clip(np.einsum("ij,ij->i", rel, direction), 0.0, length)
-        closest = a + direction * t[:, None]
-        distance = np.linalg.norm(np.array([x, y]) - closest, axis=1)
-        lateral = direction[:, 0] * rel[:, 1] - direction[:, 1] * rel[:, 0]
-        s = self._point_s[seg] + t
-        heading = np.arctan2(direction[:, 1], direction[:, 0])
-        return lane_idx, distance, lateral, s, heading
+        # Each nearest point's two adjacent segments are the candidates.
+        seg = np.concatenate([start + np.clip(local - 1, 0, last_segment), start + np.clip(local, 0, last_segment)], axis=1)
+        lane_idx = np.concatenate([lane_idx, lane_idx], axis=1)
+        direction, length = self._seg_dir[seg], self._seg_len[seg]
+        rel = xy[:, None, :] - self._points[seg]
+        t = np.clip(rel[..., 0] * direction[..., 0] + rel[..., 1] * direction[..., 1], 0.0, length)
+        off = rel - direction * t[..., None]
+        distance = np.hypot(off[..., 0], off[..., 1])
+        lateral = direction[..., 0] * rel[..., 1] - direction[..., 1] * rel[..., 0]
+        score = distance.copy()
+        if yaw is not None:
+            dyaw = np.abs(wrap_angle(self._seg_heading[seg] - yaw[:, None]))
+            ok = dyaw <= self.params.heading_tolerance_rad
+            score += HEADING_WEIGHT_M_PER_RAD * dyaw
+            any_ok = ok.any(axis=1)
+            score = np.where(ok | ~any_ok[:, None], score, np.inf)
+        best = np.argmin(score, axis=1)
+        rows = np.arange(len(xy))
+        out_lane = lane_idx[rows, best]
+        if yaw is not None and require_heading:
+            out_lane = np.where(any_ok, out_lane, -1)
+        return (out_lane, distance[rows, best], lateral[rows, best], self._point_s[seg[rows, best]] + t[rows, best])
 
-    def _best(self, x, y, yaw, require_heading: bool):
-        for k in (24, 96):
-            lane_idx, distance, lateral, s, heading = self._project(x, y, yaw, k)
-            score = distance.copy()
-            if yaw is not None:
-                dyaw = np.abs(wrap_angle(heading - yaw))
-                ok = dyaw <= self.params.heading_tolerance_rad
-                score += 1.0 * dyaw  # prefer the better-aligned of overlapping junction lanes (1 m per rad)
-                if ok.any():
-                    score[~ok] = np.inf
-                elif require_heading:
-                    continue
-            i = int(np.argmin(score))
-            return self._lane_keys[lane_idx[i]], float(lateral[i]), float(s[i]), float(distance[i])
-        return None
+    def _query(self, xy, yaw, require_heading: bool):
+        xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        yaw = None if yaw is None else np.broadcast_to(np.asarray(yaw, dtype=np.float64), (len(xy),))
+        result = self._project_many(xy, yaw, 16, require_heading)
+        if yaw is not None:
+            # Points whose 16 nearest samples all head the wrong way (e.g. on a two-way road with
+            # a junction beside it): look further.
+            retry = np.flatnonzero((result[0] < 0) if require_heading else np.zeros(len(xy), bool))
+            if len(retry):
+                wider = self._project_many(xy[retry], yaw[retry], 128, require_heading)
+                for full, part in zip(result, wider):
+                    full[retry] = part
+        return result
+
+    def nearest_lanes(self, xy, yaw=None) -> tuple[list, np.ndarray, np.ndarray]:
+        """Vectorized ``nearest_lane`` for (N,2) points (and optional (N,) or scalar yaw).
+
+        Returns (keys: list of N LaneKeys, lateral (N,) m left positive, s (N,) m along each lane).
+        """
+        lane_idx, _, lateral, s = self._query(xy, yaw, require_heading=False)
+        keys = [self._lane_keys[i] for i in lane_idx.tolist()]
+        return keys, lateral, s
 
     def nearest_lane(self, x: float, y: float, yaw: float | None = None) -> tuple[LaneKey, float, float]:
         """Nearest driving lane to (x, y): (key, lateral offset m, left positive, s along the lane).
 
         With ``yaw`` only lanes heading within ``heading_tolerance_rad`` count, unless no such lane
-        is near, in which case the nearest lane of any heading is returned.
+        is near, in which case the nearest lane of any heading is returned. Where lanes overlap (in
+        junctions) the better aligned one wins: each radian of heading error counts as 1 m.
         """
-        key, lateral, s, _ = self._best(float(x), float(y), None if yaw is None else float(yaw), require_heading=False)
-        return key, lateral, s
+        lane_idx, _, lateral, s = self._query((x, y), yaw, require_heading=False)
+        return self._lane_keys[int(lane_idx[0])], float(lateral[0]), float(s[0])
 
     def snap(self, x: float, y: float, yaw: float | None = None, what: str = "pose") -> tuple[LaneKey, float]:
         """Lane and s for a route start or goal; UserError if no lane heading that way is near."""
-        best = self._best(float(x), float(y), None if yaw is None else float(yaw), require_heading=True)
-        if best is None or best[3] > self.params.snap_max_distance_m:
+        lane_idx, distance, _, s = self._query((x, y), yaw, require_heading=True)
+        if lane_idx[0] < 0 or distance[0] > self.params.snap_max_distance_m:
             heading = "" if yaw is None else f" heading {math.degrees(yaw):.0f} deg"
             raise UserError(f"{what} ({x:.1f}, {y:.1f}){heading} is not within {self.params.snap_max_distance_m:g} m "
                             f"of a driving lane going that way", self.xodr_path)
-        return best[0], best[2]
+        return self._lane_keys[int(lane_idx[0])], float(s[0])
 
     def is_drivable(self, xy) -> np.ndarray:
         """(N,2) points -> (N,) bool, True inside the union of driving lanes."""

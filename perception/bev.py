@@ -17,7 +17,7 @@ GROUND_TRUTH_COLOUR = "#2ca02c"
 
 def render_bev(path: str | Path, points: np.ndarray, boxes: Boxes | None = None, ground_truth: Boxes | None = None,
                range_m: float = 50.0, title: str = "", max_points: int = 150_000, dpi: int = 110) -> Path:
-    """Write a BEV PNG: x forward is up, y left is left. Predictions in class colours (solid),
+    """Write a BEV PNG of the sensor frame: +x is up, +y is left (REP-103: forward is up). Predictions in class colours (solid),
     ground truth in green (dashed). Returns the path written."""
     import matplotlib
     matplotlib.use("Agg")
@@ -48,8 +48,8 @@ def render_bev(path: str | Path, points: np.ndarray, boxes: Boxes | None = None,
     ax.set_xlim(-range_m, range_m)
     ax.set_ylim(-range_m, range_m)
     ax.set_aspect("equal")
-    ax.set_xlabel("-y (m, right of the sensor)")
-    ax.set_ylabel("x (m, forward)")
+    ax.set_xlabel("-y (m)")
+    ax.set_ylabel("x (m)")
     if legend:
         ax.legend(handles=legend, loc="upper right", fontsize=8)
     if title:

@@ -48,26 +48,32 @@ class ClassicalConfig:
     max_obstacle_height_m: float = 3.5    # above it: canopy, overhangs, ceilings
     cluster_cell_m: float = 0.2
     cluster_dilation_cells: int = 1
+    split_cell_m: float = 0.1             # second pass over too-big clusters (0: off)
+    duplicate_distance_m: float = 1.0     # same-class boxes closer than this: keep the best
     min_cluster_points: int = 5
+    edge_band_m: float = 0.2              # "on the outline" for the edge-fraction test
     max_cluster_points: int = 20000
     lshape_angle_step_deg: float = 2.0
     lshape_min_distance_m: float = 0.01   # clamp in the closeness criterion
     # Class gates: (length, width, height) ranges in metres and typical sizes used for scoring and
     # for completing boxes seen from one side.
-    vehicle_length_m: tuple = (1.0, 12.0)
-    vehicle_width_m: tuple = (0.5, 3.2)
-    vehicle_height_m: tuple = (0.9, 4.0)
-    vehicle_typical_lwh_m: tuple = (4.5, 1.85, 1.6)
-    pedestrian_length_m: tuple = (0.15, 1.2)
-    pedestrian_width_m: tuple = (0.1, 1.0)
-    pedestrian_height_m: tuple = (1.0, 2.1)
-    pedestrian_typical_lwh_m: tuple = (0.7, 0.6, 1.75)
-    cyclist_length_m: tuple = (1.2, 2.3)
-    cyclist_width_m: tuple = (0.2, 1.0)
-    cyclist_height_m: tuple = (1.0, 2.1)
-    cyclist_typical_lwh_m: tuple = (1.8, 0.6, 1.7)
+    vehicle_length_m: tuple[float, ...] = (1.0, 12.0)
+    vehicle_width_m: tuple[float, ...] = (0.5, 3.2)
+    vehicle_height_m: tuple[float, ...] = (0.9, 4.0)
+    vehicle_typical_lwh_m: tuple[float, ...] = (4.5, 1.85, 1.6)
+    vehicle_end_face_m: tuple[float, ...] = (1.4, 2.3)  # a lone thin line this long: a vehicle's front or back
+    pedestrian_length_m: tuple[float, ...] = (0.15, 1.2)
+    pedestrian_width_m: tuple[float, ...] = (0.1, 1.0)
+    pedestrian_height_m: tuple[float, ...] = (1.0, 2.1)
+    pedestrian_typical_lwh_m: tuple[float, ...] = (0.7, 0.6, 1.75)
+    cyclist_length_m: tuple[float, ...] = (1.2, 2.3)
+    cyclist_width_m: tuple[float, ...] = (0.2, 1.0)
+    cyclist_height_m: tuple[float, ...] = (1.0, 2.1)
+    cyclist_typical_lwh_m: tuple[float, ...] = (1.8, 0.6, 1.7)
     wall_aspect: float = 5.0              # length / width above this: a wall, fence or kerb line
-    points_for_full_score: int = 60       # support that earns the full point-count factor
+    points_for_full_score: int = 60       # returns that earn the full support factor at 15 m range
+    score_size_sigma: float = 0.25        # log-size tolerance of the size-likeness factor
+    end_on_score_factor: float = 0.7      # a lone face says less than an L
     min_score: float = 0.05
 
     def validate(self) -> "ClassicalConfig":
@@ -102,44 +108,90 @@ class ClassicalDetector:
     def detect(self, points: np.ndarray, frame_id: str = "lidar", stamp: float = 0.0) -> Boxes:
         cfg = self.config
         t0 = time.perf_counter()
-        xyz = _crop(np.asarray(points, dtype=np.float32).reshape(-1, points.shape[-1])[:, :3], cfg)
+        points = np.asarray(points, dtype=np.float32)
+        xyz = _crop(points.reshape(-1, points.shape[-1] if points.ndim == 2 else 4)[:, :3], cfg)
         height = height_above_ground(xyz, cfg)
         t1 = time.perf_counter()
         obstacle = (height > cfg.ground_clearance_m) & (height < cfg.max_obstacle_height_m)
-        obs_xyz = xyz[obstacle]
-        obs_height = height[obstacle]
-        ground_z = obs_xyz[:, 2] - obs_height
-        cluster = cluster_bev(obs_xyz, cfg)
+        obs = _Obstacles(xyz[obstacle], height[obstacle])
+        cluster = cluster_bev(obs.xyz, cfg.range_m, cfg.cluster_cell_m, cfg.cluster_dilation_cells)
         t2 = time.perf_counter()
-        boxes = self._boxes(obs_xyz, obs_height, ground_z, cluster, frame_id, stamp)
+        found = self._classify_clusters(obs, cluster)
+        # Second pass: clusters too big for any class are often an object touching a wall or hedge.
+        # Split them on a finer grid without growing, and keep the pieces that make sense.
+        too_big = found.pop("too_big_points")
+        if cfg.split_cell_m > 0 and too_big.any():
+            sub = _Obstacles(obs.xyz[too_big], obs.height[too_big])
+            pieces = self._classify_clusters(sub, cluster_bev(sub.xyz, cfg.range_m, cfg.split_cell_m, 0))
+            pieces.pop("too_big_points")
+            found = {k: np.concatenate([found[k], pieces[k]]) for k in found}
+        keep = found["label"] > 0
+        found = {k: v[keep] for k, v in found.items()}
+        keep = suppress_duplicates(found["center"][:, :2], found["label"], found["score"], cfg.duplicate_distance_m)
         t3 = time.perf_counter()
         self.last_timing_ms = {"ground": 1e3 * (t1 - t0), "cluster": 1e3 * (t2 - t1), "boxes": 1e3 * (t3 - t2),
                                "total": 1e3 * (t3 - t0)}
-        return boxes
+        return Boxes(found["center"][keep], found["size"][keep], found["yaw"][keep], found["label"][keep],
+                     found["score"][keep], frame_id=frame_id, stamp=stamp)
 
-    def _boxes(self, xyz, height, ground_z, cluster, frame_id, stamp) -> Boxes:
+    def _classify_clusters(self, obs: "_Obstacles", cluster: np.ndarray) -> dict:
+        """Box, class and score per cluster, and a mask of the points in clusters too big for any class."""
         cfg = self.config
-        keep = cluster >= 0
-        if not keep.any():
-            return Boxes(frame_id=frame_id, stamp=stamp)
-        order = np.argsort(cluster[keep], kind="stable")
-        xyz, height, ground_z, cluster = xyz[keep][order], height[keep][order], ground_z[keep][order], cluster[keep][order]
-        starts = np.flatnonzero(np.r_[True, cluster[1:] != cluster[:-1]])
-        counts = np.diff(np.r_[starts, len(cluster)])
+        empty = {"center": np.zeros((0, 3)), "size": np.zeros((0, 3)), "yaw": np.zeros(0), "edge_fraction": np.zeros(0),
+                 "label": np.zeros(0, dtype=np.int32), "score": np.zeros(0),
+                 "too_big_points": np.zeros(len(cluster), dtype=bool)}
+        if not (cluster >= 0).any():
+            return empty
+        point_index = np.flatnonzero(cluster >= 0)
+        point_index = point_index[np.argsort(cluster[point_index], kind="stable")]
+        ids = cluster[point_index]
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+        counts = np.diff(np.r_[starts, len(ids)])
         size_ok = (counts >= cfg.min_cluster_points) & (counts <= cfg.max_cluster_points)
         starts, counts = starts[size_ok], counts[size_ok]
         if len(starts) == 0:
-            return Boxes(frame_id=frame_id, stamp=stamp)
+            return empty
+        xyz = obs.xyz[point_index]
+        height = obs.height[point_index]
+        ground_z = xyz[:, 2] - height
         rect = fit_l_shapes(xyz[:, :2].astype(np.float64), starts, counts,
                             np.deg2rad(cfg.lshape_angle_step_deg), cfg.lshape_min_distance_m)
         cx, cy, length, width, yaw = rect.T
         top = np.maximum.reduceat(height, starts)                   # height above ground of the top
         bottom_z = np.minimum.reduceat(ground_z, starts)            # local ground under the cluster
-        label, score, length, width, cx, cy = _classify(cx, cy, length, width, yaw, top, counts, cfg)
-        good = label > 0
-        center = np.stack([cx, cy, bottom_z + top / 2], 1)[good]
-        size = np.stack([length, width, top], 1)[good]
-        return Boxes(center, size, yaw[good], label[good], score[good], frame_id=frame_id, stamp=stamp)
+        edge = edge_fraction(xyz[:, :2], counts, rect, cfg.edge_band_m)
+        label, score, length_c, width_c, cx_c, cy_c, yaw_c = _classify(cx, cy, length, width, yaw, top, counts, edge, cfg)
+        too_big = (label == 0) & ((length > cfg.vehicle_length_m[1]) | (width > cfg.vehicle_width_m[1])
+                                  | (length >= cfg.wall_aspect * np.maximum(width, 0.05) + 1.0))
+        too_big_points = np.zeros(len(cluster), dtype=bool)
+        member_of_big = np.repeat(too_big, counts)
+        cluster_points = np.concatenate([np.arange(s, s + c) for s, c in zip(starts, counts)])
+        too_big_points[point_index[cluster_points[member_of_big]]] = True
+        return {"center": np.stack([cx_c, cy_c, bottom_z + top / 2], 1), "size": np.stack([length_c, width_c, top], 1),
+                "yaw": yaw_c, "label": label, "score": score, "edge_fraction": edge, "too_big_points": too_big_points}
+
+
+class _Obstacles:
+    """Obstacle points and their heights above the ground."""
+
+    def __init__(self, xyz: np.ndarray, height: np.ndarray):
+        self.xyz = xyz
+        self.height = height
+
+
+def suppress_duplicates(xy: np.ndarray, label: np.ndarray, score: np.ndarray, distance_m: float) -> np.ndarray:
+    """Indices of boxes kept after dropping any box whose centre lies within ``distance_m`` of a
+    better-scored box of the same class (pieces of one object found twice)."""
+    if len(xy) == 0 or distance_m <= 0:
+        return np.arange(len(xy))
+    order = np.argsort(-score, kind="stable")
+    dist = np.linalg.norm(xy[order, None, :] - xy[None, order, :], axis=-1)
+    same = label[order][:, None] == label[order][None, :]
+    suppressed = np.zeros(len(order), dtype=bool)
+    for i in range(len(order)):       # loop over boxes (tens), not points
+        if not suppressed[i]:
+            suppressed[i + 1:] |= (dist[i, i + 1:] < distance_m) & same[i, i + 1:]
+    return np.sort(order[~suppressed])
 
 
 def _crop(xyz: np.ndarray, cfg: ClassicalConfig) -> np.ndarray:
@@ -174,17 +226,16 @@ def height_above_ground(xyz: np.ndarray, cfg: ClassicalConfig) -> np.ndarray:
     return xyz[:, 2] - ground_at_point
 
 
-def cluster_bev(xyz: np.ndarray, cfg: ClassicalConfig) -> np.ndarray:
+def cluster_bev(xyz: np.ndarray, range_m: float, cell_m: float, dilation_cells: int) -> np.ndarray:
     """Cluster id per point (-1 none) from 8-connected components of the BEV occupancy grid."""
     if len(xyz) == 0:
         return np.zeros(0, dtype=np.int64)
-    cell = cfg.cluster_cell_m
-    n = int(np.ceil(2 * cfg.range_m / cell)) + 1
-    ix = np.clip(((xyz[:, 0] + cfg.range_m) / cell).astype(np.int64), 0, n - 1)
-    iy = np.clip(((xyz[:, 1] + cfg.range_m) / cell).astype(np.int64), 0, n - 1)
+    n = int(np.ceil(2 * range_m / cell_m)) + 1
+    ix = np.clip(((xyz[:, 0] + range_m) / cell_m).astype(np.int64), 0, n - 1)
+    iy = np.clip(((xyz[:, 1] + range_m) / cell_m).astype(np.int64), 0, n - 1)
     occupied = np.zeros((n, n), dtype=bool)
     occupied[ix, iy] = True
-    grown = ndimage.binary_dilation(occupied, iterations=cfg.cluster_dilation_cells) if cfg.cluster_dilation_cells > 0 else occupied
+    grown = ndimage.binary_dilation(occupied, iterations=dilation_cells) if dilation_cells > 0 else occupied
     components, _ = ndimage.label(grown, structure=np.ones((3, 3), dtype=bool))
     return components[ix, iy].astype(np.int64) - 1
 
@@ -265,9 +316,27 @@ def fit_l_shapes(xy, starts, counts, angle_step, min_distance):
     return out
 
 
-def _classify(cx, cy, length, width, yaw, height, counts, cfg: ClassicalConfig):
-    """Label (0 = rejected), score, and boxes completed to the typical size where seen from one side."""
+def edge_fraction(xy: np.ndarray, counts: np.ndarray, rect: np.ndarray, band_m: float) -> np.ndarray:
+    """Per cluster, the share of its points within ``band_m`` of the fitted rectangle's outline.
+
+    Lidar sees a vehicle's outer surfaces, so its points hug two edges of the box (an L) or one (an
+    I); vegetation and clutter fill the footprint. ``xy`` is sorted by cluster, ``counts`` per cluster.
+    """
+    per_point = np.repeat(rect, counts, axis=0)
+    c, s = np.cos(per_point[:, 4]), np.sin(per_point[:, 4])
+    dx, dy = xy[:, 0] - per_point[:, 0], xy[:, 1] - per_point[:, 1]
+    u, v = np.abs(dx * c + dy * s), np.abs(-dx * s + dy * c)
+    to_edge = np.minimum(per_point[:, 2] / 2 - u, per_point[:, 3] / 2 - v)
+    near = (to_edge <= band_m).astype(np.float64)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    return np.add.reduceat(near, starts) / counts
+
+
+def _classify(cx, cy, length, width, yaw, height, counts, edge, cfg: ClassicalConfig):
+    """Label (0 = rejected), score, and boxes completed to the typical size where seen from one side
+    (length, width, centre x, centre y, and yaw, turned by 90 degrees for vehicles seen end-on)."""
     n = len(cx)
+    length, width, yaw = length.copy(), width.copy(), yaw.copy()
     label = np.zeros(n, dtype=np.int32)
     score = np.zeros(n)
     out_l, out_w, out_cx, out_cy = length.copy(), width.copy(), cx.copy(), cy.copy()
@@ -280,18 +349,37 @@ def _classify(cx, cy, length, width, yaw, height, counts, cfg: ClassicalConfig):
                 & (height >= h0) & (height <= h1) & not_wall)
         if cls == ObjectClass.VEHICLE:
             fits &= ~((length < 2.0) & (width < 1.0) & (height > 1.0) & (height < 2.1))  # people-sized, not a car
+        typical = np.asarray(getattr(cfg, f"{name}_typical_lwh_m"), dtype=float)
+        end_on = np.zeros(n, dtype=bool)
+        if cls == ObjectClass.VEHICLE:
+            # A vehicle seen end-on at range is one thin line as long as the car is wide.
+            lo, hi = cfg.vehicle_end_face_m
+            end_on = ((label == 0) & (length >= lo) & (length <= hi) & (width < w0)
+                      & (height >= h0) & (height <= h1))
+            fits |= end_on
         if not fits.any():
             continue
-        typical = np.asarray(getattr(cfg, f"{name}_typical_lwh_m"), dtype=float)
         label[fits] = int(cls)
         if cls == ObjectClass.VEHICLE:
+            # Turn end-on faces so that their long axis is the (unseen) length of the vehicle.
+            yaw[end_on] = np.where(yaw[end_on] > 0, yaw[end_on] - np.pi / 2, yaw[end_on] + np.pi / 2)
+            length[end_on], width[end_on] = width[end_on].copy(), length[end_on].copy()
             new_l, new_w, new_cx, new_cy = _complete_box(cx[fits], cy[fits], length[fits], width[fits], yaw[fits], typical)
             out_l[fits], out_w[fits], out_cx[fits], out_cy[fits] = new_l, new_w, new_cx, new_cy
-        rel = np.stack([out_l[fits] / typical[0], out_w[fits] / typical[1], height[fits] / typical[2]], 1)
-        size_likeness = np.exp(-0.5 * np.sum(np.log(rel) ** 2, axis=1) / 0.35 ** 2)
-        support = np.minimum(1.0, counts[fits] / cfg.points_for_full_score)
-        score[fits] = np.clip(size_likeness * (0.5 + 0.5 * support), cfg.min_score, 1.0)
-    return label, score, out_l, out_w, out_cx, out_cy
+        # Size likeness on the measured footprint: smaller than typical is what a partial view looks
+        # like and costs nothing; larger, and any height mismatch, cost a log-normal penalty.
+        log_l = np.maximum(np.log(np.maximum(length[fits], 1e-3) / typical[0]), 0.0)
+        log_w = np.maximum(np.log(np.maximum(width[fits], 1e-3) / typical[1]), 0.0)
+        log_h = np.log(np.maximum(height[fits], 1e-3) / typical[2])
+        size_likeness = np.exp(-0.5 * (log_l ** 2 + log_w ** 2 + log_h ** 2) / cfg.score_size_sigma ** 2)
+        # Support: returns per object fall with the square of range; full marks at the reference count
+        # scaled from 15 m.
+        range_m = np.maximum(np.hypot(cx[fits], cy[fits]), 15.0)
+        expected = np.maximum(cfg.points_for_full_score * (15.0 / range_m) ** 2, 8.0)
+        support = np.minimum(1.0, counts[fits] / expected)
+        partial = np.where(end_on[fits], cfg.end_on_score_factor, 1.0)
+        score[fits] = np.clip(size_likeness * (0.3 + 0.7 * support) * partial, cfg.min_score, 1.0)
+    return label, score, out_l, out_w, out_cx, out_cy, yaw
 
 
 def _complete_box(cx, cy, length, width, yaw, typical):

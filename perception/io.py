@@ -80,8 +80,17 @@ def _read_flat_binary(path: Path, columns: int, fmt: str) -> np.ndarray:
                 hint = f"; it would fit {other} ({cols} floats per point): try --format {other}"
         raise DataError(f"truncated or not a {fmt} scan: {len(raw)} bytes is not a multiple of "
                         f"{record} ({columns} float32 per point){hint}", path)
+    if fmt == "kitti" and len(raw) % 20 == 0 and _looks_like_nuscenes(raw):
+        raise DataError("this looks like a nuScenes scan (5 float32 per point, the fifth an integer ring "
+                        "index), not KITTI: use --format nuscenes or name it *.pcd.bin", path)
     table = np.frombuffer(raw, dtype="<f4").reshape(-1, columns)
     return table[:, :4].copy()  # nuScenes' fifth column is the ring index: not needed downstream
+
+
+def _looks_like_nuscenes(raw: bytes) -> bool:
+    """True when every fifth float is a whole number in 0..255 (a ring index): a 5-column scan."""
+    ring = np.frombuffer(raw, dtype="<f4").reshape(-1, 5)[:, 4]
+    return bool(len(ring) > 10 and np.all((ring >= 0) & (ring <= 255) & (ring == np.round(ring))))
 
 
 # PCD: the Point Cloud Library's format (header of ASCII lines, then ascii or binary data).
@@ -360,12 +369,40 @@ class LabelledFrame:
     calib_path: Path | None
     source: str  # "kitti", "nuscenes" or "boxes-json"
 
+    def in_labelled_region(self, boxes: Boxes) -> np.ndarray:
+        """Which boxes lie where this frame's labels could exist. KITTI labels only objects seen by
+        the left colour camera, so there it is the camera's horizontal field of view (as KITTI's own
+        benchmark, which scores detections in the image); elsewhere the whole scan."""
+        if self.source != "kitti" or len(boxes) == 0:
+            return np.ones(len(boxes), dtype=bool)
+        calib = load_kitti_calib(self.calib_path)
+        if "P2" not in calib or calib["P2"].size != 12:
+            raise DataError("calibration needs P2 (12 numbers) to tell the camera's view", self.calib_path)
+        velo_to_rect = np.linalg.inv(kitti_rect_to_velo(calib))
+        rect = np.c_[boxes.center, np.ones(len(boxes))] @ velo_to_rect.T
+        uvw = rect @ calib["P2"].reshape(3, 4).T
+        depth = uvw[:, 2]
+        u = uvw[:, 0] / np.where(np.abs(depth) > 1e-6, depth, 1e-6)
+        width = _png_width(self.scan_path.parent.parent / "image_2" / f"{self.scan_path.stem}.png") or 1242
+        return (depth > 0.5) & (u >= 0) & (u < width)
+
     def load_ground_truth(self, keep: set[str] | None = None) -> Boxes:
         if self.source == "kitti":
             return load_kitti_labels(self.label_path, self.calib_path, keep=keep)
         if self.source == "nuscenes":
             return load_nuscenes_info(self.label_path, keep=keep)
         return load_boxes_json(self.label_path)
+
+
+def _png_width(path: Path) -> int | None:
+    """Image width from a PNG's IHDR chunk (bytes 16-20), without an imaging library."""
+    try:
+        head = path.read_bytes()[:24]
+    except OSError:
+        return None
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    return int.from_bytes(head[16:20], "big")
 
 
 def find_labelled_frames(data_dir: str | Path) -> list[LabelledFrame]:

@@ -25,6 +25,7 @@ from adstack.types import Boxes, ObjectClass
 CAR_NAMES = {"Car", "car"}
 # Plausible box sizes (l, w, h) in metres for any detector on real streets: up to an articulated bus.
 SIZE_LIMITS_M = ((0.05, 20.0), (0.05, 4.0), (0.05, 5.0))
+EXTENT_MARGIN_M = 2.5
 
 
 def match_recall(gt: Boxes, pred: Boxes, threshold_m: float) -> int:
@@ -52,7 +53,8 @@ def plausibility_problems(points: np.ndarray, boxes: Boxes) -> list[str]:
         bad = (boxes.size[:, axis] < lo) | (boxes.size[:, axis] > hi)
         if bad.any():
             problems.append(f"{int(bad.sum())} boxes with size[{axis}] outside [{lo}, {hi}] m")
-    lo, hi = points[:, :3].min(axis=0) - 1.0, points[:, :3].max(axis=0) + 1.0
+    # Boxes completed behind a visible face may reach past the last return: allow half a car length.
+    lo, hi = points[:, :3].min(axis=0) - EXTENT_MARGIN_M, points[:, :3].max(axis=0) + EXTENT_MARGIN_M
     outside = ((boxes.center < lo) | (boxes.center > hi)).any(axis=1)
     if outside.any():
         problems.append(f"{int(outside.sum())} box centres outside the cloud's extent")

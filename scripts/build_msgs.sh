@@ -35,7 +35,8 @@ done
 stamp_input=$( (cat scripts/build_msgs.sh; for p in "${PACKAGES[@]}"; do cat adstack/msgs/$p/msg/*.msg; done) | sha256sum | cut -d' ' -f1)
 STAMP=$VENV/share/adstack_msgs.stamp
 import_check="import autoware_perception_msgs.msg, autoware_planning_msgs.msg, autoware_control_msgs.msg"
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$stamp_input" ] && "$PY" -c "$import_check" 2>/dev/null; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$stamp_input" ] \
+   && env -u _ROS_WHEELS_BOOTSTRAP_COMPLETE "$PY" -c "$import_check" 2>/dev/null; then
   log "up to date"
   exit 0
 fi
@@ -68,7 +69,9 @@ EOF
 export PATH="$VENV/bin:$PATH"
 export AMENT_PREFIX_PATH="$VENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
 export CMAKE_PREFIX_PATH="$VENV${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
-export _ROS_WHEELS_BOOTSTRAP_COMPLETE=1 LD_LIBRARY_PATH="$VENV/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# The wheels' .pth re-executes Python to set LD_LIBRARY_PATH; the generators need no ROS
+# libraries, so skip that re-exec during the build (it runs Python hundreds of times).
+export _ROS_WHEELS_BOOTSTRAP_COMPLETE=1
 for pkg in "${PACKAGES[@]}"; do
   src=$BUILD/$pkg/src
   rm -rf "$BUILD/$pkg"
@@ -112,8 +115,8 @@ EOF
   fi
 done
 
-# 3. Check that rclpy can use them (import, construct, serialize).
-"$PY" -c "
+# 3. Check that rclpy can use them (import, construct, serialize), with the normal bootstrap.
+env -u _ROS_WHEELS_BOOTSTRAP_COMPLETE "$PY" -c "
 $import_check
 from rclpy.serialization import serialize_message
 from autoware_perception_msgs.msg import DetectedObjects

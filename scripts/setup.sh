@@ -21,7 +21,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-stamp_input=$(cat requirements.lock setup.py scripts/setup.sh | sha256sum | cut -d' ' -f1)
+stamp_input=$(cat requirements.lock setup.py setup.cfg scripts/setup.sh | sha256sum | cut -d' ' -f1)
 STAMP=$VENV/.adstack-setup-stamp
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$stamp_input" ]; then
   :

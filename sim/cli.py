@@ -45,33 +45,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--vehicles", type=int, default=None, help="SUMO vehicles (default from the config)")
     parser.add_argument("--pedestrians", type=int, default=None, help="SUMO pedestrians (default from the config)")
     parser.add_argument("--no-lidar", action="store_true", help="do not simulate the lidar")
+    parser.add_argument("--gt-radius", type=float, default=100.0,
+                        help="ground-truth objects in the bag: actors within this many metres of the ego (the lidar's "
+                             "range); ground_truth.jsonl always holds all")
     parser.add_argument("--target-speed", type=float, default=8.0, help="lane follower's cruise speed (m/s)")
 
 
 def load_map(name_or_path: str, map_dirs=()):
-    """The project's map loader (``hdmap.load_map``)."""
+    """The project's map loader (``hdmap.load_map``): a name, a built-in map or an .xodr path."""
     import hdmap
     loader = getattr(hdmap, "load_map", None)
-    if loader is None:  # hdmap without a loader: open the .xodr ourselves (a path or a shared map)
-        return _xodr_map(name_or_path, map_dirs)
+    if loader is None:
+        from hdmap.map import load_map as loader
     return loader(name_or_path, map_dirs=tuple(map_dirs))
-
-
-def _xodr_map(name_or_path: str, map_dirs=()):
-    import types
-
-    import carla
-
-    from adstack.paths import shared_data_dir
-    candidates = [Path(name_or_path)] + [Path(d) / f"{name_or_path}.xodr" for d in map_dirs] + \
-                 [shared_data_dir() / "maps" / sub / f"{name_or_path}.xodr" for sub in ("carla", "esmini")]
-    path = next((p for p in candidates if p.is_file()), None)
-    if path is None:
-        raise UserError(f"unknown map {name_or_path!r} (no such file, not found in {[str(d) for d in map_dirs]})")
-    carla_map = carla.Map(path.stem, path.read_text())
-    if not carla_map.generate_waypoints(10.0):
-        raise UserError("not a usable OpenDRIVE map (no driving lanes)", path)
-    return types.SimpleNamespace(name=path.stem, xodr_path=path, carla_map=carla_map)
 
 
 def _world_config(args):
@@ -110,12 +96,16 @@ def _gt_record(state) -> dict:
 
 
 def simulate(args) -> dict:
+    import numpy as np
+
     from adstack.bag import BagWriter
     from sim.lane_follower import LaneFollower, LaneFollowerConfig
     from sim.world import World
 
     if not (args.seconds > 0 and math.isfinite(args.seconds)):
         raise UserError(f"--seconds must be a positive number, got {args.seconds}")
+    if not args.gt_radius > 0:
+        raise UserError(f"--gt-radius must be positive, got {args.gt_radius}")
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         if not args.overwrite:
@@ -147,7 +137,9 @@ def simulate(args) -> dict:
                     counts["lidar_frames"] += 1
                     counts["points"] += len(state.lidar)
                 if state.tick % gt_every == 0:
-                    bag.write_objects(TOPIC_GROUND_TRUTH, state.actors, t=state.t, tracked=True)
+                    near = np.hypot(state.actors.center[:, 0] - state.ego.x, state.actors.center[:, 1] - state.ego.y)
+                    bag.write_objects(TOPIC_GROUND_TRUTH, state.actors.select(near <= args.gt_radius), t=state.t,
+                                      tracked=True)
                     bag.write_traffic_lights(TOPIC_LIGHTS, state.traffic_lights, state.t)
                     gt_file.write(json.dumps(_gt_record(state), separators=(",", ":")) + "\n")
                     counts["gt_frames"] += 1

@@ -56,6 +56,18 @@ class InfractionEvent:
     value: float | None = None
     distance_m: float | None = None
 
+    @property
+    def position(self) -> tuple[float, float]:
+        return (self.x, self.y)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: key, t, position and the optional fields that are set."""
+        out = {"key": self.key, "t": self.t, "position": [self.x, self.y], "message": self.message}
+        for name in ("other_id", "other_class", "value", "distance_m"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
 
 @dataclass(frozen=True)
 class LaneSample:
@@ -98,7 +110,7 @@ class StopSign:
     trigger centre.
     """
 
-    id: int
+    id: Hashable
     x: float
     y: float
     hx: float
@@ -185,6 +197,7 @@ class RoutePath:
     tangent: np.ndarray
     accum_m: np.ndarray
     lane_keys: list | None = None
+    source_index: np.ndarray | None = None  # per point: index of the input vertex its segment starts at
 
     @property
     def length_m(self) -> float:
@@ -209,6 +222,7 @@ class RoutePath:
         seg = np.diff(xy, axis=0)
         seg_len = np.hypot(seg[:, 0], seg[:, 1])
         keep = np.concatenate([[True], seg_len > 1e-9])  # drop repeated points
+        kept_index = np.nonzero(keep)[0]
         xy = xy[keep]
         if lane_keys is not None:
             lane_keys = [k for k, kept in zip(lane_keys, keep) if kept]
@@ -232,7 +246,7 @@ class RoutePath:
         keys = None if lane_keys is None else [lane_keys[i] for i in seg_idx]
         seg2 = np.diff(pts, axis=0)
         accum = np.concatenate([[0.0], np.cumsum(np.hypot(seg2[:, 0], seg2[:, 1]))])
-        return cls(pts, tangent, accum, keys)
+        return cls(pts, tangent, accum, keys, kept_index[seg_idx] if resample else kept_index)
 
     def passed(self, index: int, x: float, y: float) -> bool:
         """The Leaderboard's progress test: the car is ahead of route point ``index``."""
@@ -411,6 +425,7 @@ class OutsideRouteLanesMonitor:
         self.wrong_lane_active = False
         self.last_key = None
         self.last_lane = lane_of(x0, y0)
+        self.wrong_direction_active = True  # LB2 scenarios switch the wrong-lane part off and on
 
     def _outside(self, x: float, y: float, lane: LaneSample | None) -> bool:
         best = (math.inf, 0.0)
@@ -454,7 +469,7 @@ class OutsideRouteLanesMonitor:
     def step(self, x: float, y: float, yaw: float, lane: LaneSample | None) -> None:
         self.outside_active = self._outside(x, y, lane)
         self._wrong_lane(yaw, lane)
-        bad = self.outside_active or self.wrong_lane_active
+        bad = self.outside_active or (self.wrong_lane_active and self.wrong_direction_active)
         for i in range(self.index + 1, min(self.index + self.v.outside_lanes_window + 1, len(self.route))):
             if self.route.passed(i, x, y):
                 step_m = float(np.hypot(*(self.route.xy[i] - self.route.xy[self.index])))
@@ -541,7 +556,15 @@ class RedLightMonitor:
     """RunningRedLightTest: the car's tail segment, from 0.8 half-lengths to one half-length + 1 m
     behind its centre, touches a red light's stop line (±0.4 lane widths LB1, ±0.6 LB2) while the
     tail point lies on that stop line's lane and the car heads along it; only lights whose centre
-    is within 15 m are checked. The same light is not counted twice in a row."""
+    is within 15 m are checked. The same light is not counted twice in a row.
+
+    Stop lines come from the map (``stop_lines``) and/or from the lights themselves: a light that
+    carries its own stop geometry (``yaw`` and ``lanes``, incoming lane first, as the embedded
+    world's per-lane signals do) and matches no map line by ``id`` or ``map_signal_id`` becomes a
+    stop line at its ``position``. CARLA's own test walks each light's waypoints forward to the
+    junction entrance, i.e. to the end of the incoming lane, which is where such signals stand.
+    A map line takes its state from the light governing its lane, else from the light with its id.
+    """
 
     def __init__(self, variant: "ScoringVariant", stop_lines: Sequence[StopLine],
                  light_centers: dict | None = None):
@@ -556,26 +579,76 @@ class RedLightMonitor:
             else:  # CARLA gates on the trigger volume, which sits across the stop lines
                 self.centers[lid] = np.mean([[ln.x, ln.y] for ln in lines], axis=0)
         self.last_red_id: str | None = None
+        self._seen: set = set()
+        self._index_centers()
+
+    def _index_centers(self) -> None:
+        self._ids = list(self.lines)
+        self._center_xy = np.array([self.centers[i] for i in self._ids]).reshape(-1, 2)
+
+    def _adopt(self, lights: Sequence, lane_of: LaneLookup) -> None:
+        added = False
+        for tl in lights:
+            lid = str(tl.id)
+            if lid in self._seen:
+                continue
+            self._seen.add(lid)
+            if lid in self.lines or str(getattr(tl, "map_signal_id", "") or "") in self.lines:
+                continue
+            yaw = getattr(tl, "yaw", None)
+            if yaw is None or not tl.lanes:
+                continue
+            x, y = float(tl.position[0]), float(tl.position[1])
+            lane = lane_of(x, y)
+            width = lane.width if lane is not None else 3.5
+            self.lines[lid] = [StopLine(lid, x, y, float(yaw), width, tl.lanes[0])]
+            self.centers[lid] = np.array([x, y])
+            added = True
+        if added:
+            self._index_centers()
+
+    @staticmethod
+    def _states(lights: Sequence) -> tuple[dict, dict]:
+        by_lane, by_id = {}, {}
+        for tl in lights:
+            if tl.lanes:
+                by_lane.setdefault(tl.lanes[0], tl.state)
+            by_id.setdefault(str(tl.id), tl.state)
+            msid = str(getattr(tl, "map_signal_id", "") or "")
+            if msid:
+                by_id.setdefault(msid, tl.state)
+        for tl in lights:
+            for key in tuple(tl.lanes)[1:]:
+                by_lane.setdefault(key, tl.state)
+        return by_lane, by_id
 
     def step(self, t: float, x: float, y: float, yaw: float, half_length: float,
-             states: dict, lane_of: LaneLookup) -> InfractionEvent | None:
+             lights: Sequence, lane_of: LaneLookup) -> InfractionEvent | None:
+        if not lights:
+            return None
+        self._adopt(lights, lane_of)
+        near = np.nonzero(np.hypot(self._center_xy[:, 0] - x, self._center_xy[:, 1] - y)
+                          <= self.v.red_light_distance_m)[0]
+        if len(near) == 0:
+            return None
+        by_lane, by_id = self._states(lights)
         c, s = math.cos(yaw), math.sin(yaw)
         tail_close = (x - 0.8 * half_length * c, y - 0.8 * half_length * s)
         tail_far = (x - (half_length + 1.0) * c, y - (half_length + 1.0) * s)
         tail_lane = None
-        for lid, lines in self.lines.items():
+        for k in near:
+            lid = self._ids[k]
             if self.last_red_id is not None and self.last_red_id == lid:
                 continue
             center = self.centers[lid]
-            if math.hypot(center[0] - x, center[1] - y) > self.v.red_light_distance_m:
-                continue
-            if states.get(lid) != LightState.RED:
-                continue
-            if tail_lane is None:
-                tail_lane = lane_of(*tail_far) or False
-            if tail_lane is False:
-                continue
-            for line in lines:
+            for line in self.lines[lid]:
+                state = by_lane.get(line.lane_key, by_id.get(lid))
+                if state != LightState.RED:
+                    continue
+                if tail_lane is None:
+                    tail_lane = lane_of(*tail_far) or False
+                if tail_lane is False:
+                    return None
                 if tail_lane.key != line.lane_key or c * math.cos(line.yaw) + s * math.sin(line.yaw) <= 0.0:
                     continue
                 half = self.v.stop_line_half_width_factor * line.lane_width
@@ -611,7 +684,7 @@ class StopSignMonitor:
         self.target: StopSign | None = None
         self.stopped = False
         self.entered = False  # LB1 '_affected_by_stop'
-        self.last_failed_id: int | None = None
+        self.last_failed_id = None
 
     def _inside(self, sign: StopSign, px, py, grow: float) -> np.ndarray:
         c, s = math.cos(sign.yaw), math.sin(sign.yaw)
@@ -666,7 +739,8 @@ class StopSignMonitor:
             sy = sign.y if sign.sign_y is None else sign.sign_y
             event = InfractionEvent(STOP_SIGN, t, sx, sy,
                                     f"Agent ran a stop with id={sign.id} at (x={_fmt(sx)}, y={_fmt(sy)}, z=0.0)",
-                                    other_id=int(sign.id), other_class="traffic.stop")
+                                    other_id=sign.id if isinstance(sign.id, int) else None,
+                                    other_class=f"traffic.stop:{sign.id}")
             self.last_failed_id = sign.id
         self.target, self.stopped, self.entered = None, False, False
         return event

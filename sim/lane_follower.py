@@ -121,8 +121,12 @@ class LaneFollower:
                     tangent /= max(np.linalg.norm(tangent), 1e-9)
                     best_gap, best_speed = gap, max(0.0, float(actors.velocity[i] @ tangent))
         stop_states = {LightState.RED} | ({LightState.YELLOW} if cfg.stop_on_yellow else set())
+        path_lanes = {(w.road_id, w.section_id, w.lane_id) for w in self._path_wps}
         for light in state.traffic_lights:
-            if light.state not in stop_states:
+            # The state of the junction lane we will take, where the light says (turns differ).
+            lane_states = getattr(light, "lane_states", {})
+            light_state = next((st for key, st in lane_states.items() if key in path_lanes), light.state)
+            if light_state not in stop_states:
                 continue
             d = np.linalg.norm(path - light.position, axis=1)
             k = int(np.argmin(d))

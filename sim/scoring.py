@@ -40,7 +40,8 @@ from sim.infractions import (
 __all__ = [
     "ScoringVariant", "LB1", "LB2", "variant_by_name", "RouteScorer", "RouteResult", "RoutePath", "LaneSample",
     "StopLine", "StopSign", "InfractionEvent", "infraction_penalty", "route_record", "global_record",
-    "results_json", "write_results_json", "scorer_from_hdmap",
+    "results_json", "write_results_json", "scorer_from_hdmap", "hdmap_lane_lookup", "hdmap_stop_lines",
+    "hdmap_stop_signs",
 ]
 
 
@@ -225,9 +226,12 @@ class RouteScorer:
         light tail lane, stop-sign lane direction). None = no lane information: no lane checks.
     parking_lane_of: the same for parking lanes (counted as 'inside lanes', as in CARLA).
     is_drivable(xy (2,)) -> bool: optional; off-road metres are reported (not penalised).
-    stop_lines: traffic-light stop lines; light_centers: light id -> (2,) gate point (default: mean
-        of its stop lines); stop_signs: stop-sign trigger areas.
-    speed_limit_mps: LB2 route-timeout speed limit (per tick it can be overridden in ``update``).
+    stop_lines: traffic-light stop lines from the map; light_centers: light id -> (2,) gate point
+        (default: mean of its stop lines). Lights passed to ``update`` that carry their own stop
+        geometry (``yaw``, ``lanes``) and match no map line become stop lines too (see
+        ``RedLightMonitor``). stop_signs: stop-sign trigger areas.
+    speed_limit_mps: LB2 route-timeout speed limit, one number or one per route point (the
+        Leaderboard reads the limit where the car is); ``update(speed_limit_mps=...)`` overrides it.
     ego_id: the ego's id inside ``actors``, skipped for collisions and traffic speed.
     ego_center_offset_m: distance from the EgoState pose forward to the vehicle box centre.
     """
@@ -242,7 +246,8 @@ class RouteScorer:
                  ego_center_offset_m: float = 0.0, resample: bool = True):
         if not isinstance(variant, ScoringVariant):
             raise TypeError(f"variant must be a ScoringVariant (LB1 or LB2), got {type(variant).__name__}")
-        if speed_limit_mps <= 0:
+        limits = np.asarray(speed_limit_mps, dtype=np.float64)
+        if not (np.isfinite(limits).all() and (limits > 0).all()):
             raise ValueError(f"speed_limit_mps must be positive, got {speed_limit_mps}")
         self.variant = variant
         self.route = route_xy if isinstance(route_xy, RoutePath) else \
@@ -253,7 +258,13 @@ class RouteScorer:
         self.lane_of = lane_of
         self.parking_lane_of = parking_lane_of
         self.is_drivable = is_drivable
-        self.speed_limit_mps = float(speed_limit_mps)
+        if limits.ndim == 0:
+            self._speed_limits = np.full(len(self.route), float(limits))
+        elif limits.ndim == 1 and self.route.source_index is not None and len(limits) == (
+                int(self.route.source_index.max()) + 1 if isinstance(route_xy, RoutePath) else len(route_xy)):
+            self._speed_limits = limits[self.route.source_index]  # per input point -> per sample
+        else:
+            raise ValueError(f"speed_limit_mps has {limits.size} values; give one number or one per route point")
         self.ego_id = ego_id
         self.ego_center_offset_m = float(ego_center_offset_m)
 
@@ -265,7 +276,7 @@ class RouteScorer:
         self.collisions = CollisionMonitor(variant)
         self.outside = OutsideRouteLanesMonitor(self.route, variant, lane_of, parking_lane_of, x0, y0) \
             if lane_of is not None else None
-        self.red_lights = RedLightMonitor(variant, stop_lines, light_centers) if stop_lines else None
+        self.red_lights = RedLightMonitor(variant, stop_lines, light_centers)
         self.stop_signs = StopSignMonitor(variant, stop_signs) if stop_signs else None
         self.min_speed = MinSpeedMonitor(self.route, variant) if variant.generation == 2 else None
         self.yield_ev = YieldToEmergencyVehicleMonitor() if variant.generation == 2 else None
@@ -314,11 +325,9 @@ class RouteScorer:
         lane = self.lane_of(x, y) if self.lane_of is not None else None
         if self.outside is not None:
             self.outside.step(x, y, ego.yaw, lane)
-        if self.red_lights is not None:
-            states = {str(tl.id): tl.state for tl in traffic_lights}
-            ev = self.red_lights.step(t, x, y, ego.yaw, length / 2.0, states, self.lane_of or (lambda *_: None))
-            if ev:
-                new.append(ev)
+        ev = self.red_lights.step(t, x, y, ego.yaw, length / 2.0, traffic_lights, self.lane_of or (lambda *_: None))
+        if ev:
+            new.append(ev)
         if self.stop_signs is not None:
             ev = self.stop_signs.step(t, x, y, ego.yaw, speed, float(ego.v), lane, self.route, self.completion.index)
             if ev:
@@ -333,7 +342,8 @@ class RouteScorer:
         completed = self.completion.step(x, y)
         ending = []
         for ev in (self.in_route.step(t, x, y), self.blocked.step(t, x, y, speed),
-                   self.timeout.step(t, x, y, self.speed_limit_mps if speed_limit_mps is None else speed_limit_mps)):
+                   self.timeout.step(t, x, y, float(self._speed_limits[self.timeout.index])
+                                     if speed_limit_mps is None else float(speed_limit_mps))):
             if ev:
                 ending.append(ev)
         new += ending
@@ -410,6 +420,12 @@ class RouteScorer:
     def set_blocked_check_active(self, active: bool, t: float) -> None:
         """LB2 scenarios switch the blocked test off while they hold the car on purpose."""
         self.blocked.set_active(active, float(t))
+
+    def set_wrong_direction_check_active(self, active: bool) -> None:
+        """LB2 scenarios that make the car drive against traffic (e.g. passing an accident) switch
+        the wrong-lane part of 'outside route lanes' off meanwhile."""
+        if self.outside is not None:
+            self.outside.wrong_direction_active = bool(active)
 
     # -- outcome ------------------------------------------------------------------------------
 
@@ -628,8 +644,128 @@ def _json_default(obj):
 # adapter from hdmap
 
 
-def scorer_from_hdmap(hdmap, route, variant: ScoringVariant = LB2, start_t: float = 0.0, **kwargs) -> RouteScorer:
-    """Build a RouteScorer from an ``hdmap.HDMap`` and an ``hdmap`` route (see sim/README.md)."""
-    from sim import scoring_hdmap  # deferred: keeps the core importable without carla
+def hdmap_lane_lookup(hdmap) -> LaneLookup:
+    """``lane_of(x, y)`` over an ``hdmap.HDMap``: the nearest driving lane whatever its heading
+    (like CARLA's ``get_waypoint(location, project_to_road=True)``), its centre point, direction,
+    width and junction flag."""
 
-    return scoring_hdmap.build_scorer(hdmap, route, variant, start_t, **kwargs)
+    def lane_of(x: float, y: float) -> LaneSample | None:
+        key, lateral, s = hdmap.nearest_lane(x, y)
+        if key is None:
+            return None
+        lane = hdmap.lanes[key]
+        cx, cy = lane.interpolate([s])[0, :2]
+        i = int(np.clip(np.searchsorted(lane.s, s), 1, len(lane.s) - 1))
+        d = lane.centerline[i] - lane.centerline[i - 1]
+        return LaneSample(key, float(cx), float(cy), float(math.atan2(d[1], d[0])),
+                          float(np.interp(s, lane.s, lane.width)), bool(lane.is_junction))
+
+    return lane_of
+
+
+def hdmap_stop_lines(hdmap) -> list[StopLine]:
+    """Traffic-light stop lines of an ``hdmap.HDMap`` (one per governed lane)."""
+    out = []
+    for light in hdmap.traffic_lights:
+        for key, segment in light.stop_lines.items():
+            out.append(_stop_line_from_segment(hdmap, str(light.id), key, np.asarray(segment, dtype=np.float64)))
+    return out
+
+
+def hdmap_stop_signs(hdmap, depth_m: float = 3.0) -> list[StopSign]:
+    """Stop-sign trigger areas of an ``hdmap.HDMap``: per governed lane, a lane-aligned box
+    ``depth_m`` long ending at the stop line, one lane wide (CARLA's trigger volumes cover the lane
+    just before the stop position)."""
+    out = []
+    for sign in hdmap.stop_signs:
+        for key, segment in sign.stop_lines.items():
+            line = _stop_line_from_segment(hdmap, str(sign.id), key, np.asarray(segment, dtype=np.float64))
+            c, s = math.cos(line.yaw), math.sin(line.yaw)
+            out.append(StopSign(str(sign.id), line.x - 0.5 * depth_m * c, line.y - 0.5 * depth_m * s,
+                                0.5 * depth_m, 0.5 * line.lane_width, line.yaw,
+                                float(sign.position[0]), float(sign.position[1])))
+    return out
+
+
+def _stop_line_from_segment(hdmap, signal_id: str, key, segment: np.ndarray) -> StopLine:
+    lane = hdmap.lanes[key]
+    center = segment.mean(axis=0)
+    i = int(np.argmin(np.linalg.norm(lane.centerline - center, axis=1)))
+    i = min(max(i, 1), len(lane.s) - 1)
+    d = lane.centerline[i] - lane.centerline[i - 1]
+    return StopLine(signal_id, float(center[0]), float(center[1]), float(math.atan2(d[1], d[0])),
+                    float(np.linalg.norm(segment[1] - segment[0])), key)
+
+
+def scorer_from_hdmap(hdmap, route, variant: ScoringVariant = LB2, start_t: float = 0.0, **kwargs) -> RouteScorer:
+    """A RouteScorer for an ``hdmap.routing.Route`` on an ``hdmap.HDMap``.
+
+    The route is used as sampled (hdmap routes are already ~1 m apart), with its per-point lane keys
+    and speed limits; lanes, stop lines, stop signs and drivable area come from the map. Traffic
+    light ids in ``update(traffic_lights=...)`` must be the map's signal ids.
+    """
+    kwargs.setdefault("lane_of", hdmap_lane_lookup(hdmap))
+    kwargs.setdefault("is_drivable", lambda p: bool(hdmap.is_drivable(p)[0]))
+    kwargs.setdefault("stop_lines", hdmap_stop_lines(hdmap))
+    kwargs.setdefault("stop_signs", hdmap_stop_signs(hdmap))
+    if getattr(route, "speed_limit", None) is not None and len(route.speed_limit) == len(route.path):
+        kwargs.setdefault("speed_limit_mps", np.asarray(route.speed_limit, dtype=np.float64))
+    kwargs.setdefault("resample", False)
+    return RouteScorer(np.asarray(route.path, dtype=np.float64), variant, start_t,
+                       lane_keys=list(route.lane_keys), **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# benchmark: python -m sim.scoring [MAP] -- per-tick cost on a real map with traffic and scenery
+
+
+def _benchmark(map_name: str = "junction4", actors: int = 100, scenery: int = 400, seed: int = 0) -> dict:
+    import time
+
+    from hdmap.map import load_map
+
+    rng = np.random.default_rng(seed)
+    hdmap = load_map(map_name)
+    lanes = list(hdmap.lanes.values())
+    longest = None
+    first = lanes[0]
+    for lane in lanes[1:60]:  # the longest route from the first lane to one of the next lanes' ends
+        try:
+            r = hdmap.route((*first.centerline[0], first.heading[0]), (*lane.centerline[-1], lane.heading[-1]))
+        except Exception:  # unreachable goal
+            continue
+        if longest is None or r.total_length > longest.total_length:
+            longest = r
+    route = longest
+    pts = np.concatenate([lane.centerline for lane in lanes])
+    pick = rng.choice(len(pts), actors)
+    traffic = Boxes(center=np.c_[pts[pick], np.zeros(actors)], size=np.tile([4.5, 2.0, 1.5], (actors, 1)),
+                    yaw=rng.uniform(-math.pi, math.pi, actors), label=np.full(actors, int(ObjectClass.VEHICLE)),
+                    velocity=rng.normal(0.0, 5.0, (actors, 2)), ids=np.arange(1, actors + 1))
+    x0, y0, x1, y1 = hdmap.bounds
+    things = Boxes(center=np.c_[rng.uniform(x0, x1, scenery), rng.uniform(y0, y1, scenery), np.zeros(scenery)],
+                   size=np.tile([3.0, 3.0, 5.0], (scenery, 1)), yaw=np.zeros(scenery),
+                   label=np.full(scenery, int(ObjectClass.STATIC)))
+    lights = [TrafficLight(id=tl.id, state=LightState.RED if i % 2 else LightState.GREEN, position=tl.position)
+              for i, tl in enumerate(hdmap.traffic_lights)]
+    out = {"map": hdmap.name, "route_m": round(route.total_length, 1), "actors": actors, "scenery": scenery}
+    for variant in (LB1, LB2):
+        scorer = scorer_from_hdmap(hdmap, route, variant)
+        ticks, t0 = 0, time.perf_counter()
+        for i in range(len(route) - 1):
+            for f in (0.25, 0.5, 0.75):
+                p = route.path[i] + f * (route.path[i + 1] - route.path[i])
+                scorer.update(ticks * 0.05, EgoState(x=p[0], y=p[1], yaw=route.yaw[i], v=5.0), (4.9, 2.1),
+                              traffic, things, lights)
+                ticks += 1
+        wall = time.perf_counter() - t0
+        res = scorer.result()
+        out[variant.name] = {"ticks": ticks, "us_per_tick": round(wall / ticks * 1e6), "status": res.status,
+                             "infractions": {k: len(v) for k, v in res.infractions.items() if v}}
+    return out
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    print(json.dumps(_benchmark(*(sys.argv[1:2] or ["junction4"])), indent=1))

@@ -170,29 +170,50 @@ _SIGNAL_STATE = {"G": LightState.GREEN, "g": LightState.GREEN, "y": LightState.Y
 
 @dataclass
 class StopLineSignal(TrafficLight):
-    """A traffic light as one driving lane sees it: the stop line at the lane's end.
+    """A traffic light as one incoming driving lane sees it, at that lane's stop line.
 
-    ``position`` is the stop line's centre, ``yaw`` the driving direction there (map frame), ``lanes``
-    the OpenDRIVE (road_id, lane_id) of the governed lane, ``movements`` the state per turn
-    ('s' straight, 'l' left, 'r' right, 't' turn, ...). ``state`` is that of the straight movement
-    if the lane has one, else the most permissive of its movements.
+    ``position``: the stop line's centre (the end of the incoming lane), map frame; ``yaw``: the
+    driving direction there. ``lanes``: the HD map lanes it governs, ``hdmap`` LaneKeys
+    (road, section, lane): the incoming lane first, then the junction lanes leaving from it
+    (without a map annotation: the OpenDRIVE (road_id, lane_id) of the incoming lane).
+    ``lane_states``: the state per governed junction lane (turns can differ from straight on);
+    ``movements``: the state per SUMO direction ('s' straight, 'l' left, 'r' right, 't' turn).
+    ``state``: the straight movement's if the lane has one, else the most permissive.
+    ``map_signal_id``: the OpenDRIVE signal (``HDMap.traffic_lights``) for the same approach, if any.
     """
 
     yaw: float = 0.0
     sumo_lane: str = ""
     tls_id: str = ""
     movements: dict = field(default_factory=dict)
+    lane_states: dict = field(default_factory=dict)
+    map_signal_id: str = ""
 
 
 @dataclass
-class _SignalLane:
+class SignalLink:
+    """One controlled SUMO connection: in-lane -> (junction via-lane) -> out-lane, map frame."""
+
+    index: int
+    direction: str
+    via_shape: np.ndarray  # (K,2)
+    out_start: np.ndarray  # (2,) first point of the out-lane
+    out_yaw: float
+    map_lane: tuple | None = None  # hdmap LaneKey of the junction lane, set by annotate_signals
+
+
+@dataclass
+class SignalLane:
+    """A signalised incoming lane: its stop line and the links that leave it."""
+
     tls_id: str
     lane: str
-    link_indices: tuple
-    directions: tuple
+    links: list
     position: np.ndarray
     yaw: float
     odr_lane: tuple
+    map_lane: tuple | None = None  # hdmap LaneKey of the incoming lane, set by annotate_signals
+    map_signal_id: str = ""
 
 
 @dataclass
@@ -474,26 +495,46 @@ class Traffic:
         center[:, 2] += 0.5 * size[:, 2]
         return ActorArrays(list(sumo_ids), ids, center, size, yaw, speed, label)
 
-    def _collect_signal_lanes(self) -> list[_SignalLane]:
+    def _collect_signal_lanes(self) -> list[SignalLane]:
         ts = self._ts
-        by_lane: dict[tuple, dict] = {}
+        by_lane: dict[tuple, list] = {}
         for tls in ts.trafficlight.getIDList():
             for index, links in enumerate(ts.trafficlight.getControlledLinks(tls)):
-                for in_lane, _out_lane, via in links:
-                    if in_lane.startswith(":") or in_lane not in self._lane_shape:
+                for in_lane, out_lane, via in links:
+                    if in_lane.startswith(":") or in_lane not in self._lane_shape or out_lane not in self._lane_shape:
                         continue  # pedestrian crossings start on walking areas
-                    entry = by_lane.setdefault((tls, in_lane), {"indices": [], "dirs": []})
                     direction = next((l[6] for l in ts.lane.getLinks(in_lane) if l[4] == via), "s")
-                    entry["indices"].append(index)
-                    entry["dirs"].append(direction)
+                    out_shape = self._lane_shape[out_lane]
+                    d = out_shape[1] - out_shape[0]
+                    via_shape = np.asarray(ts.lane.getShape(via), dtype=np.float64)[:, :2] if via else out_shape[:1]
+                    by_lane.setdefault((tls, in_lane), []).append(SignalLink(
+                        index, direction, sumo_to_map_xy(via_shape, self.offset),
+                        sumo_to_map_xy(out_shape[0], self.offset), float(np.arctan2(d[1], d[0]))))
         lanes = []
-        for (tls, in_lane), entry in by_lane.items():
+        for (tls, in_lane), links in by_lane.items():
             shape = self._lane_shape[in_lane]
             d = shape[-1] - shape[-2]
-            lanes.append(_SignalLane(tls, in_lane, tuple(entry["indices"]), tuple(entry["dirs"]),
-                                     sumo_to_map_xy(shape[-1], self.offset), float(np.arctan2(d[1], d[0])),
-                                     self._lane_orig.get(in_lane, ())))
+            lanes.append(SignalLane(tls, in_lane, links, sumo_to_map_xy(shape[-1], self.offset),
+                                    float(np.arctan2(d[1], d[0])), self._lane_orig.get(in_lane, ())))
         return lanes
+
+    @property
+    def signal_lanes(self) -> list[SignalLane]:
+        """The signalised incoming lanes (after ``start``). Set their ``map_lane`` fields (and the
+        links') to annotate the lights with HD map lanes, then call ``signals_changed``."""
+        return self._signal_lanes
+
+    def signals_changed(self) -> None:
+        self._light_states = None
+
+    def switch_off(self, tls_ids) -> None:
+        """Turn traffic lights off for good (SUMO then applies right of way) and stop reporting them."""
+        tls_ids = set(tls_ids)
+        for tls in sorted(tls_ids):
+            self._ts.trafficlight.setProgram(tls, "off")
+        self._signal_lanes = [s for s in self._signal_lanes if s.tls_id not in tls_ids]
+        self._tls_ids = [t for t in self._tls_ids if t not in tls_ids]
+        self._light_states = None
 
     def traffic_lights(self) -> list[StopLineSignal]:
         """One signal per (traffic light, incoming driving lane), at the lane's stop line.
@@ -504,20 +545,23 @@ class Traffic:
         if states == self._light_states:
             return self._lights
         by_tls = dict(zip(self._tls_ids, states))
+        order = (LightState.GREEN, LightState.YELLOW, LightState.RED, LightState.OFF, LightState.UNKNOWN)
         out = []
         for s in self._signal_lanes:
             chars = by_tls[s.tls_id]
-            movements = {}
-            for index, direction in zip(s.link_indices, s.directions):
-                state = _SIGNAL_STATE.get(chars[index], LightState.UNKNOWN) if index < len(chars) else LightState.UNKNOWN
-                movements.setdefault(direction, state)
-            if "s" in movements:
-                state = movements["s"]
+            movements, lane_states = {}, {}
+            for link in s.links:
+                state = _SIGNAL_STATE.get(chars[link.index], LightState.UNKNOWN) if link.index < len(chars) else LightState.UNKNOWN
+                movements[link.direction] = min(movements.get(link.direction, state), state, key=order.index)
+                if link.map_lane is not None:
+                    lane_states[link.map_lane] = min(lane_states.get(link.map_lane, state), state, key=order.index)
+            state = movements["s"] if "s" in movements else min(movements.values(), key=order.index)
+            if s.map_lane is not None:
+                lanes = (s.map_lane,) + tuple(dict.fromkeys(l.map_lane for l in s.links if l.map_lane is not None))
             else:
-                order = (LightState.GREEN, LightState.YELLOW, LightState.RED, LightState.OFF, LightState.UNKNOWN)
-                state = min(movements.values(), key=order.index)
-            out.append(StopLineSignal(f"{s.tls_id}:{s.lane}", state, s.position.copy(),
-                                      (s.odr_lane,) if s.odr_lane else (), s.yaw, s.lane, s.tls_id, movements))
+                lanes = (s.odr_lane,) if s.odr_lane else ()
+            out.append(StopLineSignal(f"{s.tls_id}:{s.lane}", state, s.position.copy(), lanes, s.yaw, s.lane,
+                                      s.tls_id, movements, lane_states, s.map_signal_id))
         self._light_states, self._lights = states, out
         return out
 

@@ -90,7 +90,7 @@ class World:
             lidar_cfg = load_lidar_config(self.config.lidar_params) if self.config.lidar_params else load_lidar_config()
             self.lidar = SpinningLidar(Lidar(lidar_cfg, seed=self.seed), tick_s=self.config.dt)
             if self.config.scenery:
-                self.scenery = _load_scenery(map)
+                self.scenery = _load_scenery(map, self.seed)
         self.state: WorldState | None = None
         self.timing = {"traffic_s": 0.0, "lidar_s": 0.0, "lidar_frames": 0, "ticks": 0}
         self._tick = 0
@@ -124,6 +124,7 @@ class World:
         ego = self.vehicle.reset(ego)
         p = self.config.vehicle
         self.traffic.start(ego_size=(p.length, p.width, p.height))
+        self._annotate_signals()
         self._place_ego(ego)
         self.traffic.step()
         self.traffic.refill()
@@ -137,6 +138,47 @@ class World:
         self.timing = {"traffic_s": 0.0, "lidar_s": 0.0, "lidar_frames": 0, "ticks": 0}
         self.state = self._observe(ego, None)
         return self.state
+
+    def _annotate_signals(self) -> None:
+        """Tie SUMO's signalised lanes to HD map lanes, so a planner finds the light for its lane.
+
+        Incoming lane: the map lane 1 m before the stop line with the same heading. Junction lane
+        per link: the successor of the incoming lane that leads to the link's out-lane (else the
+        map lane under the middle of SUMO's junction path). Map signal: the nearest OpenDRIVE
+        traffic-light stop line on those lanes."""
+        m = self.map
+        if not (hasattr(m, "nearest_lane") and hasattr(m, "lanes")):
+            return
+        for sl in self.traffic.signal_lanes:
+            direction = np.array([math.cos(sl.yaw), math.sin(sl.yaw)])
+            key, _, _ = m.nearest_lane(*(sl.position - direction), sl.yaw)
+            sl.map_lane = key
+            successors = m.lanes[key].successors
+            for link in sl.links:
+                out_point = link.out_start + np.array([math.cos(link.out_yaw), math.sin(link.out_yaw)])
+                exit_key, _, _ = m.nearest_lane(*out_point, link.out_yaw)
+                found = [j for j in successors if j == exit_key or exit_key in m.lanes[j].successors]
+                if len(found) != 1 and len(link.via_shape) >= 2:
+                    k = len(link.via_shape) // 2
+                    d = link.via_shape[k] - link.via_shape[k - 1]
+                    via_key, _, _ = m.nearest_lane(*link.via_shape[k], math.atan2(d[1], d[0]))
+                    found = [via_key] if via_key in successors or not found else found
+                link.map_lane = found[0] if found else None
+            best, best_d = "", 15.0  # m: farther than this is another approach's signal
+            stop_line_lanes = get = getattr(m, "stop_lines_for_lane", None)
+            if get is not None:
+                for lane in [key] + [l.map_lane for l in sl.links if l.map_lane is not None]:
+                    for stop in stop_line_lanes(lane):
+                        d = float(np.linalg.norm(stop.segment.mean(axis=0) - sl.position))
+                        if stop.kind == "traffic_light" and d < best_d:
+                            best, best_d = stop.signal_id, d
+            sl.map_signal_id = best
+        # SUMO guesses signals at some nodes where the map has none (e.g. a pedestrian crossing on
+        # a bend): when the map does define traffic lights, lights it does not know are switched off.
+        if getattr(m, "traffic_lights", None):
+            known = {sl.tls_id for sl in self.traffic.signal_lanes if sl.map_signal_id}
+            self.traffic.switch_off({sl.tls_id for sl in self.traffic.signal_lanes} - known)
+        self.traffic.signals_changed()
 
     def close(self) -> None:
         self.traffic.close()
@@ -194,8 +236,8 @@ class World:
                           None if cloud is None else cloud.labels, self.ego_box(ego))
 
 
-def _load_scenery(map):
-    """Static scenery for the lidar from sim/scenery.py, if that module is present."""
+def _load_scenery(map, seed: int = 0):
+    """Static scenery for the lidar (``sim.scenery.SceneryIndex``), if that module is present."""
     try:
         from sim import scenery
     except ImportError:
@@ -203,4 +245,4 @@ def _load_scenery(map):
     builder = getattr(scenery, "SceneryIndex", None)
     if builder is None:
         return None
-    return builder.from_map(map) if hasattr(builder, "from_map") else None
+    return builder.from_map(map, seed=seed) if hasattr(builder, "from_map") else None

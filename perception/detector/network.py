@@ -24,8 +24,9 @@ class PillarFeatureNet(nn.Module):
 
     def __init__(self, out_channels: int, voxel_size: tuple, range_min: tuple, intensity_scale: float):
         super().__init__()
+        self.out_channels = out_channels
         self.linear = nn.Linear(9, out_channels, bias=False)
-        self.norm = nn.BatchNorm1d(out_channels, eps=1e-3, momentum=0.01)
+        self.norm = nn.BatchNorm1d(out_channels, eps=1e-3, momentum=0.1)
         # Pillar centre = index * size + (size / 2 + range min); buffers so .half() and .to() follow.
         self.register_buffer("voxel_xy", torch.tensor([voxel_size[0], voxel_size[1]], dtype=torch.float32), persistent=False)
         self.register_buffer("centre_offset_xy", torch.tensor([voxel_size[0] / 2 + range_min[0], voxel_size[1] / 2 + range_min[1]],
@@ -44,9 +45,12 @@ class PillarFeatureNet(nn.Module):
                               xyz[:, :, :2] - centre.unsqueeze(1)], dim=2) * weight
         # 2D matmul and amax: a 3D linear and max-with-indices were 4x slower on the CPU.
         x = self.linear(features.view(n_pillars * max_points, 9))
-        x = torch.relu_(self.norm(x)).view(n_pillars, max_points, -1)
+        x = torch.relu_(self.norm(x)).view(n_pillars, max_points, self.out_channels)
         # Padding rows became relu(BN(0)) > 0 possibly; zero them so they never win the max.
-        x = x.masked_fill_(~mask.unsqueeze(2), 0.0)
+        if self.training:  # autograd needs relu's output unchanged
+            x = x.masked_fill(~mask.unsqueeze(2), 0.0)
+        else:
+            x = x.masked_fill_(~mask.unsqueeze(2), 0.0)
         return x.amax(dim=1)
 
 
@@ -61,7 +65,7 @@ def scatter_to_bev(features: torch.Tensor, coords: torch.Tensor, batch_size: int
 
 def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
-                         nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01), nn.ReLU(inplace=True))
+                         nn.BatchNorm2d(cout, eps=1e-3, momentum=0.1), nn.ReLU(inplace=True))
 
 
 class _BackboneBlock(nn.Module):
@@ -71,7 +75,7 @@ class _BackboneBlock(nn.Module):
         super().__init__()
         self.convs = nn.Sequential(*([_conv(cin, cout, stride)] + [_conv(cout, cout, 1) for _ in range(n_layers)]))
         upsample = nn.Conv2d(cout, cup, 1, bias=False) if up == 1 else nn.ConvTranspose2d(cout, cup, up, stride=up, bias=False)
-        self.up = nn.Sequential(upsample, nn.BatchNorm2d(cup, eps=1e-3, momentum=0.01), nn.ReLU(inplace=True))
+        self.up = nn.Sequential(upsample, nn.BatchNorm2d(cup, eps=1e-3, momentum=0.1), nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor):
         x = self.convs(x)

@@ -139,8 +139,8 @@ def train(data_dir: str | Path, out_dir: str | Path, config: DetectorConfig, dev
             scaler.update()
             scheduler.step()
             for key in sums:
-                sums[key] += float(losses[key])
-            history.append(float(losses["loss"]))
+                sums[key] += float(losses[key].detach())
+            history.append(float(losses["loss"].detach()))
             count += 1
         entry = {"epoch": epoch + 1, **{k: v / max(count, 1) for k, v in sums.items()},
                  "seconds": time.perf_counter() - epoch_start}

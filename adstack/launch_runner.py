@@ -1,0 +1,116 @@
+"""``adstack launch stack|sim``: start the node graph of launch/graph.yaml as separate processes.
+
+This is the pip-only stand-in for ``ros2 launch adstack <graph>.launch.py``: the same nodes, the same
+parameter files and remappings, one process each, talking over DDS. In ``sim`` the bridge drives the
+route and writes ``result.json`` like ``adstack drive``; when it exits the other nodes are stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from adstack.errors import UserError
+from adstack.launch_graph import load_graph
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("graph", choices=["stack", "sim"], help="which graph of launch/graph.yaml to start")
+    parser.add_argument("--map", default=None, help="sim: map name or .xodr (default: the route's town)")
+    parser.add_argument("--map-dir", action="append", default=[], help="sim: where to find <Town>.xodr")
+    parser.add_argument("--routes", help="route file (Leaderboard XML)")
+    parser.add_argument("--route-id", help="route to drive")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seconds", type=float, default=0.0, help="sim: cap on simulated time (0: route timeout)")
+    parser.add_argument("--perception", default="ground_truth", choices=["ground_truth", "lidar"],
+                        help="sim: planner sees ground truth (bridge publishes it as detections) or lidar detections")
+    parser.add_argument("--out", default="runs/launch", help="output directory (result.json, logs of each node)")
+    parser.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: random 1-200)")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="wall-clock limit (s)")
+
+
+def node_command(spec, extra_params: dict) -> list[str]:
+    return [sys.executable, "-m", spec.module, *spec.ros_args(extra_params)]
+
+
+def start_graph(graph: str, params_by_node: dict, out: Path, env: dict) -> dict[str, subprocess.Popen]:
+    procs = {}
+    for spec in load_graph()[graph]:
+        log = open(out / f"{spec.name}.log", "w")
+        procs[spec.name] = subprocess.Popen(node_command(spec, params_by_node.get(spec.name, {})), env=env,
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return procs
+
+
+def stop_all(procs: dict[str, subprocess.Popen], grace_s: float = 5.0) -> dict[str, int]:
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    for proc in procs.values():
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return {name: proc.returncode for name, proc in procs.items()}
+
+
+def run(args) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    env["ROS_DOMAIN_ID"] = str(args.domain_id if args.domain_id is not None else random.Random().randint(1, 200))
+    params: dict[str, dict] = {}
+    if args.graph == "sim":
+        if not args.routes or not args.route_id:
+            raise UserError("launch sim needs --routes and --route-id")
+        common = {"routes": str(Path(args.routes).resolve()), "route_id": str(args.route_id),
+                  "map": args.map or "", "map_dirs": ",".join(str(Path(d).resolve()) for d in args.map_dir)}
+        params["sim_bridge"] = {**common, "seed": args.seed, "seconds": float(args.seconds),
+                                "out": str(out.resolve()), "publish_ground_truth_as_detections":
+                                str(args.perception == "ground_truth").lower()}
+        params["map_server"] = dict(common)
+        params["planner"] = dict(common)
+        if args.perception == "ground_truth":
+            params["lidar_detector"] = {"enabled": "false"}
+    procs = start_graph(args.graph, params, out, env)
+    print(f"adstack launch {args.graph}: {len(procs)} nodes on ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']} "
+          f"(logs in {out}/<node>.log)", file=sys.stderr)
+    started = time.monotonic()
+    code = 0
+    try:
+        while True:
+            time.sleep(0.2)
+            dead = {n: p.returncode for n, p in procs.items() if p.poll() is not None}
+            if args.graph == "sim" and "sim_bridge" in dead:
+                code = dead["sim_bridge"]
+                break
+            crashed = {n: c for n, c in dead.items() if n != "sim_bridge"}
+            if crashed:
+                print(f"adstack launch: node(s) exited early: {crashed}; see their logs in {out}", file=sys.stderr)
+                code = 1
+                break
+            if time.monotonic() - started > args.timeout:
+                print("adstack launch: wall-clock timeout", file=sys.stderr)
+                code = 1
+                break
+    except KeyboardInterrupt:
+        pass
+    codes = stop_all(procs)
+    result_path = out / "result.json"
+    if args.graph == "sim" and result_path.is_file():
+        result = json.loads(result_path.read_text())
+        result["node_exit_codes"] = codes
+        result_path.write_text(json.dumps(result, indent=2))
+        print(f"route {result.get('route_id')}: {result.get('status')}: driving score {result.get('driving_score', 0):.2f}, "
+              f"completion {result.get('route_completion', 0):.2f}%, penalty {result.get('infraction_penalty', 1):.3f}")
+    return code

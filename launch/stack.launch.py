@@ -1,0 +1,15 @@
+"""ROS 2 launch file for the vehicle graph, generated from launch/graph.yaml (the one description)."""
+
+from launch import LaunchDescription
+from launch_ros.actions import Node
+
+from adstack.launch_graph import load_graph
+
+
+def generate_launch_description(graph: str = "stack") -> LaunchDescription:
+    return LaunchDescription([
+        Node(package="adstack", executable=spec.executable, name=spec.name, output="screen",
+             parameters=[str(spec.params_path)] if spec.params_path.is_file() else [],
+             remappings=list(spec.remappings.items()))
+        for spec in load_graph()[graph]
+    ])

@@ -1,0 +1,132 @@
+"""Actors as longitudinal constraints on the route: leaders, things standing in the path, crossers.
+
+All actors are handled at once as arrays. Each actor is predicted at constant velocity over a short
+horizon, every predicted footprint is projected onto the route window (arc length ``along`` and
+signed ``lateral`` offset), and a footprint counts as *in the path* when the ego's swept corridor
+(half its width + the actor's half extent across the path + a margin) covers it. Then:
+
+- in the path now, ahead of the ego front: an obstacle at its near edge, moving with the speed
+  component along the path if it heads the same way (a leader), else standing;
+- not in the path now but predicted to enter it: a crossing actor. Pedestrians are always yielded
+  to; vehicles when they would get there before the ego is through (plus a margin). Vehicles that
+  move parallel or anti-parallel to the path beside it (the next lane, oncoming traffic) are lane
+  traffic, not crossers, and are left to the first rule if they ever enter the path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from adstack.types import Boxes, ObjectClass
+from planning.expert_config import ExpertConfig
+from planning.route_view import RouteView, wrap_angle
+
+KIND_LEADER = 0  # in the path, moving along it
+KIND_STANDING = 1  # in the path, standing or moving across
+KIND_CROSSING = 2  # predicted to enter the path
+
+
+@dataclass
+class ActorObstacles:
+    """Obstacles along the route: s (near edge, route arc length), speed along the route, min gap."""
+
+    s: np.ndarray
+    speed: np.ndarray
+    min_gap: np.ndarray
+    kind: np.ndarray
+    ids: np.ndarray
+    label: np.ndarray
+
+    @staticmethod
+    def empty() -> "ActorObstacles":
+        z = np.zeros(0)
+        return ActorObstacles(z, z, z, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+
+def actor_obstacles(actors: Boxes | None, route: RouteView, window: slice, ego_xy: np.ndarray, s_front: float,
+                    s_rear: float, arrival_time, config: ExpertConfig, relaxed: bool = False) -> ActorObstacles:
+    """Constraints from ``actors`` (map frame) on the route points ``window``.
+
+    ``arrival_time(s)`` -> the ego's planned arrival time at route arc length s (array in, array out).
+    ``relaxed``: deadlock mode, margins shrink and standing crossers that are not in the path are ignored.
+    """
+    if actors is None or len(actors) == 0:
+        return ActorObstacles.empty()
+    ac = config.actors
+    near = np.hypot(*(actors.center[:, :2] - ego_xy).T) < ac.range_m
+    if not near.any():
+        return ActorObstacles.empty()
+    a = actors.select(near)
+    n = len(a)
+    path, tangent, normal = route.path[window], route.tangent[window], route.normal[window]
+    s_path = route.s[window]
+
+    taus = np.arange(0.0, ac.prediction_horizon_s + 1e-9, ac.prediction_step_s)  # (K,)
+    pred = a.center[:, None, :2] + a.velocity[:, None, :] * taus[None, :, None]  # (N,K,2)
+    flat = pred.reshape(-1, 2)
+    d2 = np.sum((flat[:, None, :] - path[None, :, :]) ** 2, axis=2)  # (N*K, W)
+    j = np.argmin(d2, axis=1)
+    rel = flat - path[j]
+    along = (s_path[j] + np.einsum("ij,ij->i", rel, tangent[j])).reshape(n, -1)
+    lateral = np.einsum("ij,ij->i", rel, normal[j]).reshape(n, -1)
+    # Outside the window's ends the projection is extrapolated; the far end is no constraint anyway.
+    beyond = (j == len(path) - 1).reshape(n, -1) & (along > s_path[-1])
+
+    path_yaw_now = np.arctan2(tangent[j.reshape(n, -1)[:, 0], 1], tangent[j.reshape(n, -1)[:, 0], 0])
+    rel_yaw = wrap_angle(a.yaw - path_yaw_now)
+    half_len, half_wid = a.size[:, 0] / 2, a.size[:, 1] / 2
+    extent_across = np.abs(half_len * np.sin(rel_yaw)) + np.abs(half_wid * np.cos(rel_yaw))
+    extent_along = np.abs(half_len * np.cos(rel_yaw)) + np.abs(half_wid * np.sin(rel_yaw))
+    is_ped = a.label == int(ObjectClass.PEDESTRIAN)
+    margin = np.where(is_ped, ac.lateral_margin_pedestrian_m, ac.lateral_margin_vehicle_m)
+    if relaxed:
+        margin = np.full(n, 0.1)
+    half_corridor = config.ego.width_m / 2 + extent_across + margin
+    inside = (np.abs(lateral) < half_corridor[:, None]) & ~beyond
+    ahead = along + extent_along[:, None] > s_front
+    # Beside or behind the ego body: not ours to brake for (and a rear-ender cannot be braked away).
+    not_behind = along + extent_along[:, None] > s_rear + 0.5
+    in_path = inside & ahead & not_behind
+
+    speed_along = np.einsum("ij,ij->i", a.velocity, tangent[j.reshape(n, -1)[:, 0]])
+    speed = np.hypot(a.velocity[:, 0], a.velocity[:, 1])
+    moving = speed > ac.moving_speed_mps
+    aligned = np.abs(rel_yaw) < ac.parallel_heading_rad
+    anti_aligned = np.abs(rel_yaw) > np.pi - ac.parallel_heading_rad
+
+    now = in_path[:, 0]
+    s_now = along[:, 0] - extent_along
+    leader = now & aligned & (speed_along > 0.0) & ~is_ped
+    out_s = [s_now[now]]
+    out_v = [np.where(leader, np.maximum(speed_along, 0.0), 0.0)[now]]
+    out_kind = [np.where(leader, KIND_LEADER, KIND_STANDING)[now]]
+    out_idx = [np.flatnonzero(now)]
+
+    later = in_path[:, 1:].any(axis=1) & ~now & moving
+    lane_traffic = (aligned | anti_aligned) & ~is_ped
+    crossing = later & ~lane_traffic
+    if crossing.any():
+        first = np.argmax(in_path[:, 1:], axis=1) + 1  # first predicted step in the path
+        rows = np.flatnonzero(crossing)
+        k = first[rows]
+        s_entry = along[rows, k] - extent_along[rows]
+        t_entry = taus[k]
+        # The ego is through the conflict when its rear has passed the far edge of the actor.
+        t_ego_clear = arrival_time(s_entry + 2 * extent_along[rows] + config.ego.length_m)
+        yield_now = is_ped[rows] | (t_entry < t_ego_clear + ac.yield_time_margin_s)
+        rows, s_entry = rows[yield_now], s_entry[yield_now]
+        out_s.append(s_entry)
+        out_v.append(np.zeros(len(rows)))
+        out_kind.append(np.full(len(rows), KIND_CROSSING))
+        out_idx.append(rows)
+
+    idx = np.concatenate(out_idx).astype(np.int64)
+    label = a.label[idx].astype(np.int64)
+    min_gap = np.where(label == int(ObjectClass.PEDESTRIAN), config.idm.min_gap_pedestrian_m,
+                       config.idm.min_gap_vehicle_m)
+    if relaxed:
+        min_gap = np.full(len(idx), 1.0)
+    return ActorObstacles(np.concatenate(out_s), np.concatenate(out_v), min_gap, np.concatenate(out_kind).astype(np.int64),
+                          a.ids[idx], label)

@@ -1,0 +1,158 @@
+"""The privileged expert: a rule-based planner that sees the ground truth.
+
+It follows the route's lanes (the route's dense path, lane changes already blended in by
+``hdmap.routing``) and plans the speed along it with one Intelligent Driver Model against every
+constraint: the route's speed limits and curves, leaders, anything standing in or crossing the path
+(pedestrians always yielded to), red and yellow lights, stop signs and the route's end. Where it has
+been stopped for a long time by actors that never clear (a junction deadlock), it narrows its margins
+and creeps. Output: a ``Trajectory`` (K x [x, y, yaw, v, t]) along the route from the ego's position,
+which ``control.Controller`` follows. Used as the data source and as the baseline to beat.
+
+``Expert(hdmap, route, config).step(ego, actors, traffic_lights, t) -> Trajectory``
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from adstack.types import Boxes, EgoState, TrafficLight, Trajectory
+from planning.actors import KIND_CROSSING, KIND_LEADER, KIND_STANDING, actor_obstacles
+from planning.expert_config import ExpertConfig
+from planning.route_view import RouteView
+from planning.signals import StopSigns, light_stop_lines
+from planning.speed_profile import simulate
+
+_KIND_NAMES = {KIND_LEADER: "leader", KIND_STANDING: "in_path", KIND_CROSSING: "yield"}
+
+
+@dataclass
+class ExpertDebug:
+    """Why the expert did what it did on its last step (for logs, labels and tests)."""
+
+    reason: str = "init"  # free | route_end | red_light:<id> | yellow_light:<id> | stop_sign:<s> | leader:<id> | in_path:<id> | yield:<id>
+    accel: float = 0.0  # IDM acceleration request of the first step
+    route_s: float = 0.0  # ego (rear axle) arc length along the route
+    lateral_m: float = 0.0  # ego offset from the route, left positive
+    progress: float = 0.0  # route_s / route length
+    n_obstacles: int = 0
+    deadlock: bool = False
+    stop_lines: list = field(default_factory=list)
+
+
+class Expert:
+    def __init__(self, hdmap, route, config: ExpertConfig | None = None):
+        self.config = config or ExpertConfig()
+        self.route = RouteView(hdmap, route, self.config)
+        self.stop_signs = StopSigns(self.route, self.config)
+        self.debug = ExpertDebug()
+        self._last_t: float | None = None
+        self._stuck_s = 0.0  # seconds stopped behind actors
+        self._relaxed_until_s: float | None = None  # route arc length until which deadlock mode holds
+
+    @property
+    def done(self) -> bool:
+        """True once the ego has reached the route's end."""
+        return self.debug.route_s >= self.route.length - 1.0
+
+    def step(self, ego: EgoState, actors: Boxes | None, traffic_lights: list[TrafficLight] | None, t: float) -> Trajectory:
+        cfg = self.config
+        route = self.route
+        dt = 0.0 if self._last_t is None else max(t - self._last_t, 0.0)
+        self._last_t = t
+        ego_xy = np.array([ego.x, ego.y], dtype=np.float64)
+        v = max(float(ego.v), 0.0)
+        i, s_ego, lateral = route.locate(ego_xy)
+        front = cfg.ego.rear_axle_to_front_m
+        s_front = s_ego + front
+        rear = s_ego - (cfg.ego.length_m - front)
+
+        v_cap_here = float(np.interp(s_ego, route.s, route.speed_envelope))
+        horizon = max(cfg.horizon_min_m, cfg.horizon_time_s * max(v_cap_here, v)) + front
+        i_end = int(np.searchsorted(route.s, s_ego + horizon)) + 1
+        window = slice(max(i - 2, 0), min(i_end + 1, len(route.s)))
+
+        # Standing constraints: lights, stop signs, the route's end (the front may pass it a little).
+        stop_s, stop_why = light_stop_lines(traffic_lights, route, window, s_front, v, cfg)
+        sign_s, sign_why = self.stop_signs.stop_lines(s_front, v, t)
+        stop_s, stop_why = stop_s + sign_s, stop_why + sign_why
+        stop_s.append(route.length + front + 1.0)
+        stop_why.append("route_end")
+
+        relaxed = self._relaxed_until_s is not None and s_ego < self._relaxed_until_s
+        a_max, cruise = cfg.idm.max_accel_mps2, None
+
+        def arrival_time(s_query):
+            """Time for the ego front to reach s if it went now: accelerate to the limit, then cruise."""
+            d = np.maximum(np.asarray(s_query, dtype=np.float64) - s_front, 0.0)
+            v_top = max(v_cap_here, v, 0.5)
+            d_acc = (v_top ** 2 - v ** 2) / (2 * a_max)
+            t_acc = (v_top - v) / a_max
+            t_in_acc = (np.sqrt(v ** 2 + 2 * a_max * np.minimum(d, d_acc)) - v) / a_max
+            return np.where(d <= d_acc, t_in_acc, t_acc + (d - d_acc) / v_top)
+
+        obstacles = actor_obstacles(actors, route, window, ego_xy, s_front, rear, arrival_time, cfg, relaxed)
+        n_stop = len(stop_s)
+        s_obs = np.concatenate([np.asarray(stop_s), obstacles.s])
+        v_obs = np.concatenate([np.zeros(n_stop), obstacles.speed])
+        gaps = np.concatenate([np.full(n_stop, cfg.idm.min_gap_stop_line_m), obstacles.min_gap])
+
+        creep = cfg.creep_speed_mps if relaxed else math.inf
+        env_s, env_v = route.s, route.speed_envelope
+
+        def desired_speed(s_front_query: float) -> float:
+            return min(float(np.interp(s_front_query - front, env_s, env_v)), creep)
+
+        t_sim, s_sim, v_sim, accel, which = simulate(
+            v, s_front, s_obs, v_obs, gaps, desired_speed, cfg.idm, cfg.profile_step_s, cfg.profile_duration_s,
+            s_front + horizon)
+
+        if which < 0:
+            reason = "free"
+        elif which < n_stop:
+            reason = stop_why[which]
+        else:
+            k = which - n_stop
+            reason = f"{_KIND_NAMES[int(obstacles.kind[k])]}:{int(obstacles.ids[k])}"
+        self._update_deadlock(reason, v, dt, s_ego)
+
+        traj = self._trajectory(s_ego, front, window, t_sim, s_sim, v_sim, t)
+        self.debug = ExpertDebug(reason=reason, accel=float(accel), route_s=s_ego, lateral_m=lateral,
+                                 progress=s_ego / max(route.length, 1e-6), n_obstacles=len(s_obs),
+                                 deadlock=relaxed, stop_lines=[float(x) for x in stop_s])
+        return traj
+
+    # ------------------------------------------------------------------ helpers
+    def _update_deadlock(self, reason: str, v: float, dt: float, s_ego: float) -> None:
+        """Stopped behind actors that are not moving along with us for too long -> relaxed mode."""
+        cfg = self.config
+        blocked_by_actor = reason.startswith(("in_path:", "yield:")) or (reason.startswith("leader:") and v < 0.1)
+        if v < 0.3 and blocked_by_actor:
+            self._stuck_s += dt
+        elif v > 1.0 or not blocked_by_actor:
+            self._stuck_s = 0.0
+        if self._stuck_s > cfg.deadlock_time_s and (self._relaxed_until_s is None or s_ego >= self._relaxed_until_s):
+            self._relaxed_until_s = s_ego + 15.0
+            self._stuck_s = 0.0
+
+    def _trajectory(self, s_ego, front, window, t_sim, s_sim, v_sim, stamp) -> Trajectory:
+        """Route points ahead of the ego with the simulated speed and time at each."""
+        route = self.route
+        idx = np.arange(window.start, window.stop)
+        idx = idx[route.s[idx] > s_ego + 0.05]
+        s_pts = np.concatenate([[s_ego], route.s[idx]])
+        xy = np.vstack([[np.interp(s_ego, route.s, route.path[:, 0]), np.interp(s_ego, route.s, route.path[:, 1])],
+                        route.path[idx]])
+        yaw = np.concatenate([[route.yaw[max(window.start, min(int(np.searchsorted(route.s, s_ego)), len(route.s) - 1))]],
+                              route.yaw[idx]])
+        s_front_pts = s_pts + front
+        v = np.interp(s_front_pts, s_sim, v_sim)
+        t = np.interp(s_front_pts, s_sim, t_sim)
+        beyond = s_front_pts > s_sim[-1]
+        if beyond.any():
+            v_end = v_sim[-1] if v_sim[-1] > 0.05 else 0.0
+            v[beyond] = v_end
+            t[beyond] = t_sim[-1] + (s_front_pts[beyond] - s_sim[-1]) / max(v_end, 0.1)
+        return Trajectory(np.column_stack([xy, yaw, v, t]), frame_id="map", stamp=stamp)

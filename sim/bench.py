@@ -1,0 +1,76 @@
+"""Benchmark of the embedded world: SUMO traffic + ego + spinning lidar, ticks per wall second.
+
+``bench_sim()`` runs the default world (sim/config/world.param.yaml: 100 vehicles, 100 pedestrians,
+64 x 1024 lidar at 10 Hz) on Town01 with the lane-following ego and reports how many times faster
+than real time the world ticks (the driver's time is reported separately, not counted).
+``adstack bench sim --json`` prints it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from adstack.paths import shared_data_dir
+
+
+def bench_sim(seconds: float = 30.0, map_name: str = "Town01", seed: int = 0, lidar: bool = True, scenery: bool = True,
+              vehicles: int | None = None, pedestrians: int | None = None) -> dict:
+    from adstack.types import ObjectClass
+    from sim.cli import load_map
+    from sim.lane_follower import LaneFollower
+    from sim.world import World, WorldConfig
+
+    config = WorldConfig.load()
+    config.lidar = lidar
+    config.scenery = scenery
+    if vehicles is not None:
+        config.traffic.vehicles = vehicles
+    if pedestrians is not None:
+        config.traffic.pedestrians = pedestrians
+    map_dirs = [d for d in (shared_data_dir() / "maps" / "carla",) if d.is_dir()]
+    hd_map = load_map(map_name, map_dirs)
+    build_start = time.perf_counter()
+    world = World(hd_map, config, seed=seed)  # converts the net on first use, compiles/loads the lidar
+    state = world.reset(None)
+    setup_s = time.perf_counter() - build_start
+    driver = LaneFollower(hd_map.carla_map, config.vehicle, seed=seed)
+    ticks = int(round(seconds / config.dt))
+    world_s = driver_s = 0.0
+    actors = 0
+    points = 0
+    load_before = os.getloadavg()[0]
+    try:
+        for _ in range(ticks):
+            t0 = time.perf_counter()
+            command = driver.step(state)
+            t1 = time.perf_counter()
+            state = world.tick(command)
+            world_s += time.perf_counter() - t1
+            driver_s += t1 - t0
+            actors = max(actors, len(state.actors))
+            if state.lidar is not None:
+                points += len(state.lidar)
+    finally:
+        timing = dict(world.timing)
+        world.close()
+    labels = state.actors.label
+    frames = timing["lidar_frames"]
+    return {
+        "map": map_name, "lidar": lidar, "scenery": scenery, "seconds": ticks * config.dt, "ticks": ticks, "dt": config.dt,
+        "actors": actors, "vehicles": int((labels == ObjectClass.VEHICLE).sum()),
+        "cyclists": int((labels == ObjectClass.CYCLIST).sum()),
+        "pedestrians": int((labels == ObjectClass.PEDESTRIAN).sum()),
+        "realtime_factor": ticks * config.dt / world_s if world_s > 0 else float("inf"),
+        "world_ms_per_tick": 1e3 * world_s / max(ticks, 1),
+        "traffic_ms_per_tick": 1e3 * timing["traffic_s"] / max(ticks, 1),
+        "lidar_ms_per_frame": (1e3 * timing["lidar_s"] / frames) if lidar and frames else None,
+        "lidar_frames": frames, "mean_points_per_frame": points / frames if frames else 0,
+        "driver_ms_per_tick": 1e3 * driver_s / max(ticks, 1), "setup_s": setup_s,
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)], "cpu_count": os.cpu_count(),
+    }
+
+
+if __name__ == "__main__":
+    import json
+    print(json.dumps(bench_sim(), indent=2))
