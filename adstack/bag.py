@@ -87,13 +87,17 @@ class BagWriter:
     def write_msg(self, topic: str, msg, t_ns: int, typename: str | None = None) -> None:
         """Write a rosbags message object (from ``self.factory``) at log time ``t_ns``."""
         typename = typename or rc.msg_typename(msg)
+        self.write_cdr(topic, typename, self.store.serialize_cdr(msg, typename), t_ns)
+
+    def write_cdr(self, topic: str, typename: str, data: bytes, t_ns: int) -> None:
+        """Write already-serialized CDR bytes (e.g. from :func:`ros_convert.objects_to_cdr`)."""
         conn = self._connections.get(topic)
         if conn is None:
             conn = self._writer.add_connection(topic, typename, typestore=self.store)
             self._connections[topic] = conn
         elif conn.msgtype != typename:
             raise DataError(f"topic {topic} has type {conn.msgtype}, cannot also write {typename}", self.path)
-        self._writer.write(conn, int(t_ns), self.store.serialize_cdr(msg, typename))
+        self._writer.write(conn, int(t_ns), data)
 
     # -- typed -----------------------------------------------------------------------------------
     def write_pointcloud(self, topic: str, cloud: PointCloud, t: float | None = None) -> None:
@@ -108,9 +112,9 @@ class BagWriter:
         """DetectedObjects, or TrackedObjects when ``tracked`` (default: when any id is >= 0)."""
         if tracked is None:
             tracked = bool(len(boxes)) and bool((boxes.ids >= 0).any())
-        convert = rc.tracked_objects_to_msg if tracked else rc.detected_objects_to_msg
         t_ns = _ns(boxes.stamp if t is None else t)
-        self.write_msg(topic, convert(boxes, self.factory), t_ns)
+        typename = "autoware_perception_msgs/msg/" + ("TrackedObjects" if tracked else "DetectedObjects")
+        self.write_cdr(topic, typename, rc.objects_to_cdr(boxes, tracked, self.store), t_ns)
         if self.markers:
             self.write_msg(topic + MARKERS_SUFFIX, rc.boxes_to_markers(boxes, topic.rsplit("/", 2)[-2], self.factory), t_ns)
 
@@ -127,6 +131,16 @@ class BagWriter:
                              t: float | None = None) -> None:
         msg = rc.traffic_lights_to_msg(lights, stamp, self.factory)
         self.write_msg(topic, msg, _ns(stamp if t is None else t))
+
+    def write_image(self, topic: str, rgb, stamp: float, frame_id: str = "camera", t: float | None = None) -> None:
+        """H x W x 3 uint8 RGB as sensor_msgs/Image rgb8."""
+        self.write_msg(topic, rc.image_to_msg(rgb, stamp, frame_id, self.factory), _ns(stamp if t is None else t))
+
+    def write_tf(self, ego: EgoState, parent: str = "map", child: str = "base_link", topic: str = "/tf",
+                 t: float | None = None) -> None:
+        """The ego pose as a ``parent`` -> ``child`` transform, so viewers can follow the car."""
+        tf = rc.transform_msg(parent, child, ego.x, ego.y, ego.z, ego.yaw, ego.stamp, self.factory)
+        self.write_msg(topic, rc.tf_msg([tf], self.factory), _ns(ego.stamp if t is None else t))
 
     def write_diagnostics(self, topic: str, statuses: list[tuple], stamp: float) -> None:
         """``statuses``: (name, level, message, {key: value}) tuples."""

@@ -114,13 +114,17 @@ def declare_params(node, cls, yaml_path: str | Path | None = None, dynamic: bool
     object in place.
     """
     from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+    from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 
     defaults = load_params(cls, yaml_path) if yaml_path is not None else cls()
     flat = _flatten(defaults)
     for name, value in flat.items():
         # An empty list has no element type for rclpy to infer: let it take any type.
         descriptor = ParameterDescriptor(dynamic_typing=isinstance(value, list) and not value)
-        node.declare_parameter(name, value, descriptor)
+        try:
+            node.declare_parameter(name, value, descriptor)
+        except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+            raise DataError(f"parameter {name!r}: {str(exc).splitlines()[0]}", f"node {node.get_name()}") from None
     values = {name: _plain(node.get_parameter(name).value) for name in flat}
     source = f"parameters of node {node.get_name()}"
     params = from_dict(cls, _nest(values), source)
@@ -208,8 +212,12 @@ class Diagnostics:
     def problem(self, kind: str, message: str, level: int = 1) -> None:
         """Level 1 WARN, 2 ERROR (diagnostic_msgs/DiagnosticStatus)."""
         if self.problems.add(kind, message):
-            log = self.node.get_logger()
-            (log.error if level >= 2 else log.warning)(f"{kind}: {message} (logged once; counted in /diagnostics)")
+            # rclpy ties a severity to each call site, so ERROR and WARN need separate calls.
+            text = f"{kind}: {message} (logged once; counted in /diagnostics)"
+            if level >= 2:
+                self.node.get_logger().error(text)
+            else:
+                self.node.get_logger().warning(text)
         if level >= self._level:
             self._level, self._message = level, f"{kind}: {message}"
 

@@ -19,6 +19,7 @@ Message choices (Autoware's definitions, see ``adstack/msgs/README.md``):
 | Trajectory | autoware_planning_msgs/Trajectory |
 | Command | autoware_control_msgs/Control |
 | list[TrafficLight] | autoware_perception_msgs/TrafficLightGroupArray |
+| H x W x 3 uint8 RGB image | sensor_msgs/Image (rgb8; bgr8 accepted on the way in) |
 | boxes / paths for viewers | visualization_msgs/MarkerArray, nav_msgs/Path |
 
 Incoming point clouds are validated: a malformed one raises :class:`MalformedMessage` with a
@@ -136,20 +137,25 @@ class RosbagsFactory:
     # Non-zero defaults declared in .msg files (rosbags' field definitions do not carry them).
     MSG_DEFAULTS = {("geometry_msgs/msg/Quaternion", "w"): 1.0}
 
-    def make(self, typename: str, **fields):
-        defaults = self._defaults.get(typename)
-        if defaults is None:
+    def _spec(self, typename: str):
+        spec = self._defaults.get(typename)
+        if spec is None:
             _, fielddefs = self.store.fielddefs[typename]
-            defaults = [(name, self._default_of(desc)) for name, desc in fielddefs]
-            defaults = [(name, (lambda v=self.MSG_DEFAULTS[(typename, name)]: v)
-                         if (typename, name) in self.MSG_DEFAULTS else make_default)
-                        for name, make_default in defaults]
-            self._defaults[typename] = defaults
-        values = {name: fields[name] if name in fields else make_default() for name, make_default in defaults}
-        if len(fields) > len(values) or any(name not in values for name in fields):
-            unknown = sorted(set(fields) - set(values))
-            raise TypeError(f"{typename} has no field(s) {unknown}")
-        return self.store.types[typename](**values)
+            spec = []
+            for name, desc in fielddefs:
+                if (typename, name) in self.MSG_DEFAULTS:
+                    spec.append((name, lambda v=self.MSG_DEFAULTS[(typename, name)]: v))
+                else:
+                    spec.append((name, self._default_of(desc)))
+            spec = (self.store.types[typename], tuple(spec), frozenset(n for n, _ in spec))
+            self._defaults[typename] = spec
+        return spec
+
+    def make(self, typename: str, **fields):
+        cls, spec, names = self._spec(typename)
+        if not names.issuperset(fields):
+            raise TypeError(f"{typename} has no field(s) {sorted(set(fields) - names)}")
+        return cls(*[fields[name] if name in fields else make_default() for name, make_default in spec])
 
     @staticmethod
     def uint8_sequence(data: bytes):
@@ -503,6 +509,150 @@ def boxes_from_objects(msg) -> Boxes:
 
 
 # --------------------------------------------------------------------------------------------
+# Fast path: objects straight to CDR bytes with numpy
+#
+# Building ~20 message objects per box costs ~0.1 ms per object in Python (10 ms for 100 tracks).
+# Every object in Detected/TrackedObjects has the same byte layout once its sequences have fixed
+# lengths (one classification, an empty footprint), so the whole array is one numpy structured
+# array. The bytes equal rosbags' serializer's (tested); rclpy publishes them with
+# ``publisher.publish(cdr_bytes)`` and BagWriter writes them as they are.
+
+
+def _cdr_align(offset: int, size: int) -> int:
+    return (offset + size - 1) // size * size
+
+
+def _cdr_layout(store, typename: str, start: int, seq_lengths: dict, prefix: str = "") -> tuple[list, int]:
+    """Leaf fields of ``typename`` serialized at body offset ``start``: [(path, dtype, count,
+    offset)], end offset. Sequences must appear in ``seq_lengths`` (their length is fixed)."""
+    from rosbags.interfaces import Nodetype
+
+    leaves = []
+    offset = start
+    for name, (nodetype, details) in store.fielddefs[typename][1]:
+        path = f"{prefix}{name}"
+        if nodetype == Nodetype.BASE:
+            dtype = np.dtype(_NUMPY_OF_ROS[details[0]])  # KeyError for strings: not fixed-size
+            offset = _cdr_align(offset, dtype.itemsize)
+            leaves.append((path, dtype, 1, offset))
+            offset += dtype.itemsize
+        elif nodetype == Nodetype.NAME:
+            sub, offset = _cdr_layout(store, details, offset, seq_lengths, path + ".")
+            leaves += sub
+        else:
+            (sub_type, sub_details), _ = details
+            if nodetype == Nodetype.SEQUENCE:
+                count = seq_lengths[path]
+                offset = _cdr_align(offset, 4)
+                leaves.append((path + ".len", np.dtype(np.uint32), 1, offset))
+                offset += 4
+            else:
+                count = details[1]
+            if sub_type == Nodetype.BASE:
+                dtype = np.dtype(_NUMPY_OF_ROS[sub_details[0]])
+                if count:
+                    offset = _cdr_align(offset, dtype.itemsize)
+                    leaves.append((path, dtype, count, offset))
+                    offset += dtype.itemsize * count
+            else:
+                for i in range(count):
+                    sub, offset = _cdr_layout(store, sub_details, offset, seq_lengths, f"{path}[{i}].")
+                    leaves += sub
+    return leaves, offset
+
+
+_OBJECT_DTYPES: dict[tuple, np.dtype] = {}
+_FACTORIES: dict[int, RosbagsFactory] = {}
+
+
+def _rosbags_factory(store) -> RosbagsFactory:
+    factory = _FACTORIES.get(id(store))
+    if factory is None or factory.store is not store:
+        factory = _FACTORIES[id(store)] = RosbagsFactory(store)
+    return factory
+
+
+def _object_dtype(store, object_type: str, start_mod8: int) -> np.dtype:
+    key = (id(store), object_type, start_mod8)
+    if key not in _OBJECT_DTYPES:
+        _OBJECT_DTYPES[key] = _make_object_dtype(store, object_type, start_mod8)
+    return _OBJECT_DTYPES[key]
+
+
+def _make_object_dtype(store, object_type: str, start_mod8: int) -> np.dtype:
+    seq = {"classification": 1, "shape.footprint.points": 0}
+    leaves, end = _cdr_layout(store, object_type, start_mod8, seq)
+    if end % 8:
+        raise AssertionError(f"{object_type} does not end 8-aligned")  # the layout below relies on it
+    return np.dtype({"names": [p for p, *_ in leaves],
+                     "formats": [(d, (c,)) if c > 1 else d for _, d, c, _ in leaves],
+                     "offsets": [o - start_mod8 for *_, o in leaves], "itemsize": end - start_mod8})
+
+
+
+def objects_to_cdr(boxes: Boxes, tracked: bool, store=None) -> bytes:
+    """Detected/TrackedObjects of ``boxes`` as CDR bytes (with the 4-byte encapsulation header),
+    identical to serializing :func:`detected_objects_to_msg`/:func:`tracked_objects_to_msg`."""
+    if store is None:
+        from adstack.msgs import typestore
+
+        store = typestore()
+    pkg = "autoware_perception_msgs/msg/"
+    array_type, object_type = ((pkg + "TrackedObjects", pkg + "TrackedObject") if tracked
+                               else (pkg + "DetectedObjects", pkg + "DetectedObject"))
+    kin = "kinematics."
+    f = _rosbags_factory(store)
+    empty = f.make(array_type, header=header_msg(boxes.stamp, boxes.frame_id, f), objects=[])
+    head = bytes(store.serialize_cdr(empty, array_type))[:-4]  # without the (zero) object count
+    n = len(boxes)
+    if n == 0:
+        return head + np.uint32(0).tobytes()
+    # Object 0 starts at body offset len(head) (head holds the 4-byte encapsulation header, the body
+    # the count); every object ends 8-aligned, so objects 1.. all start at 0 mod 8.
+    dtypes = [_object_dtype(store, object_type, len(head) % 8), _object_dtype(store, object_type, 0)]
+
+    c, s = np.cos(boxes.yaw), np.sin(boxes.yaw)
+    values = {
+        "existence_probability": boxes.score,
+        "classification.len": 1,
+        "classification[0].label": _autoware_labels(boxes.label),
+        "classification[0].probability": boxes.score,
+        kin + "pose_with_covariance.pose.position.x": boxes.center[:, 0],
+        kin + "pose_with_covariance.pose.position.y": boxes.center[:, 1],
+        kin + "pose_with_covariance.pose.position.z": boxes.center[:, 2],
+        kin + "pose_with_covariance.pose.orientation.z": np.sin(boxes.yaw / 2.0),
+        kin + "pose_with_covariance.pose.orientation.w": np.cos(boxes.yaw / 2.0),
+        kin + "twist_with_covariance.twist.linear.x": c * boxes.velocity[:, 0] + s * boxes.velocity[:, 1],
+        kin + "twist_with_covariance.twist.linear.y": -s * boxes.velocity[:, 0] + c * boxes.velocity[:, 1],
+        kin + "orientation_availability": ORIENTATION_AVAILABLE,
+        "shape.type": SHAPE_BOUNDING_BOX,
+        "shape.footprint.points.len": 0,
+        "shape.dimensions.x": boxes.size[:, 0],
+        "shape.dimensions.y": boxes.size[:, 1],
+        "shape.dimensions.z": boxes.size[:, 2],
+    }
+    if tracked:
+        values["object_id.uuid"] = np.ascontiguousarray(boxes.ids.astype("<i8")).view(np.uint8).reshape(n, 8)
+        values[kin + "is_stationary"] = np.hypot(boxes.velocity[:, 0], boxes.velocity[:, 1]) < STATIONARY_SPEED_MPS
+    else:
+        values[kin + "has_twist"] = True
+    parts = [head, np.uint32(n).tobytes()]
+    for dtype, rows in ((dtypes[0], slice(0, 1)), (dtypes[1], slice(1, n))):
+        count = rows.stop - rows.start
+        if count <= 0:
+            continue
+        out = np.zeros(count, dtype)
+        for name, value in values.items():
+            v = np.asarray(value)
+            if name == "object_id.uuid":
+                out[name][:, :8] = v[rows]
+            else:
+                out[name] = v[rows] if v.ndim else v
+        parts.append(out.tobytes())
+    return b"".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
 # Trajectory <-> autoware_planning_msgs/Trajectory
 
 
@@ -593,6 +743,57 @@ def traffic_lights_from_msg(msg) -> list[TrafficLight]:
 
 
 # --------------------------------------------------------------------------------------------
+# Camera images (H x W x 3 uint8 RGB arrays) <-> sensor_msgs/Image, and TF
+
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+def image_to_msg(rgb: np.ndarray, stamp: float, frame_id: str = "camera", factory=None):
+    """H x W x 3 uint8 RGB -> sensor_msgs/Image ``rgb8``."""
+    f = _factory(factory)
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an H x W x 3 image, got shape {rgb.shape}")
+    h, w, _ = rgb.shape
+    return f.make("sensor_msgs/msg/Image", header=header_msg(stamp, frame_id, f), height=h, width=w,
+                  encoding="rgb8", is_bigendian=0, step=3 * w, data=f.uint8_sequence(rgb.tobytes()))
+
+
+def image_from_msg(msg, topic: str | None = None) -> tuple[np.ndarray, float, str]:
+    """sensor_msgs/Image (``rgb8`` or ``bgr8``) -> (H x W x 3 RGB uint8, stamp, frame_id)."""
+    try:
+        h, w, step, encoding = int(msg.height), int(msg.width), int(msg.step), str(msg.encoding)
+        data, stamp, frame_id = msg.data, time_to_sec(msg.header.stamp), str(msg.header.frame_id)
+    except AttributeError as exc:
+        raise MalformedMessage("not_image", f"not an Image ({exc})", topic) from None
+    if encoding not in ("rgb8", "bgr8"):
+        raise MalformedMessage("encoding", f"encoding {encoding!r} is not rgb8/bgr8", topic)
+    if h * w == 0 or h * w > MAX_IMAGE_PIXELS:
+        raise MalformedMessage("bad_size", f"{h} x {w} pixels", topic)
+    if step < 3 * w:
+        raise MalformedMessage("bad_step", f"step {step} < 3 x width {w}", topic)
+    raw = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8).reshape(-1)
+    if raw.size != step * h:
+        raise MalformedMessage("truncated" if raw.size < step * h else "size_mismatch",
+                               f"data has {raw.size} bytes, header says {step * h}", topic)
+    image = raw.reshape(h, step)[:, : 3 * w].reshape(h, w, 3)
+    return np.ascontiguousarray(image[:, :, ::-1] if encoding == "bgr8" else image), stamp, frame_id
+
+
+def transform_msg(parent: str, child: str, x: float, y: float, z: float, yaw: float, stamp: float, factory=None):
+    """geometry_msgs/TransformStamped of ``child`` in ``parent`` (planar pose)."""
+    f = _factory(factory)
+    return f.make("geometry_msgs/msg/TransformStamped", header=header_msg(stamp, parent, f), child_frame_id=child,
+                  transform=f.make("geometry_msgs/msg/Transform", translation=vector3_msg(x, y, z, f),
+                                   rotation=quaternion_from_yaw(float(yaw), f)))
+
+
+def tf_msg(transforms: list, factory=None):
+    """tf2_msgs/TFMessage (rosbags only: there is no tf2_msgs wheel for rclpy)."""
+    return _factory(factory).make("tf2_msgs/msg/TFMessage", transforms=list(transforms))
+
+
+# --------------------------------------------------------------------------------------------
 # Diagnostics
 
 DIAG_OK, DIAG_WARN, DIAG_ERROR, DIAG_STALE = 0, 1, 2, 3
@@ -679,6 +880,7 @@ FROM_MSG = {
     "autoware_planning_msgs/msg/Trajectory": trajectory_from_msg,
     "autoware_control_msgs/msg/Control": command_from_msg,
     "autoware_perception_msgs/msg/TrafficLightGroupArray": traffic_lights_from_msg,
+    "sensor_msgs/msg/Image": image_from_msg,
 }
 
 

@@ -135,7 +135,9 @@ class Controller:
     def _longitudinal(self, ego, xy, s, v, s_ego, dt, debug: ControlDebug) -> float:
         lon = self.config.longitudinal
         # At least a little ahead: a plan that starts from standstill reads 0 m/s right at the car.
-        s_preview = s_ego + max(lon.speed_preview_s * max(ego.v, 0.0), lon.speed_preview_min_m)
+        # Behind the trajectory's first point (e.g. a plan that starts at the route start, ahead of the
+        # rear axle), read speeds from its start.
+        s_preview = max(s_ego, 0.0) + max(lon.speed_preview_s * max(ego.v, 0.0), lon.speed_preview_min_m)
         v_target = float(np.interp(s_preview, s, v))
         debug.target_speed_mps = v_target
         if v_target < lon.stop_speed_mps and abs(ego.v) < lon.stop_speed_mps:

@@ -15,7 +15,7 @@ from adstack.errors import DataError
 class VehicleLimits:
     """Geometry and actuator limits of the ego vehicle (SI units, radians, front-wheel angle)."""
 
-    wheelbase_m: float = 2.7
+    wheelbase_m: float = 2.85  # sim/vehicle.py and sim/config/world.param.yaml use 2.85
     max_steer_rad: float = 0.6
     max_steer_rate_rad_s: float = 0.7
     max_accel_mps2: float = 3.0

@@ -156,6 +156,7 @@ class HDMap:
         self.params = params or HDMapParams()
         self._road_types = road_types
         self.lanes: dict[LaneKey, Lane] = {}
+        self._explicit_speed: set = set()
         self._build_lanes()
         if not self.lanes:
             raise DataError("the map has no driving lanes", self.xodr_path)
@@ -225,7 +226,7 @@ class HDMap:
             lane = Lane(
                 key=key, centerline=xy, z=rows[:, 2].copy(), s=s, width=rows[:, 5].copy(),
                 heading=wrap_angle(np.interp(s, raw_s, heading)), road_s=rows[:, 4].copy(), length=float(s[-1]),
-                speed_limit=self._speed_limit(key[0], float(np.median(rows[:, 4]))),
+                speed_limit=self._speed_limit(key, float(np.median(rows[:, 4]))),
                 is_junction=is_junction, junction_id=int(mid.junction_id) if is_junction else -1,
                 successors=list(successors.get(key, [])),
                 lane_change_left=not is_junction and bool(np.mean((lane_change & LANE_CHANGE_LEFT) > 0) >= 0.5),
@@ -242,17 +243,28 @@ class HDMap:
             lane.lane_change_right &= lane.right is not None
             for k in lane.successors:
                 self.lanes[k].predecessors.append(key)
+        # CARLA towns give speeds on normal roads only; a junction lane without its own takes the
+        # lower of the explicit limits of the lanes it joins (not the generic town default).
+        for key, lane in self.lanes.items():
+            if lane.is_junction and key not in self._explicit_speed:
+                joined = [self.lanes[k].speed_limit for k in lane.predecessors + lane.successors if k in self._explicit_speed]
+                if joined:
+                    lane.speed_limit = min(joined)
 
-    def _speed_limit(self, road_id: int, road_s: float) -> float:
-        entries = self._road_types.get(road_id)
+    def _speed_limit(self, key: LaneKey, road_s: float) -> float:
+        """The road <type> speed at ``road_s``; else the default for its road type (params)."""
+        entries = self._road_types.get(key[0])
         if not entries:
-            return self.params.default_speed_mps("town")
+            return self.params.default_speed_mps(None)
         chosen = entries[0]
         for entry in entries:
             if entry[0] <= road_s + 1e-6:
                 chosen = entry
         _, road_type, speed = chosen
-        return speed if speed is not None else self.params.default_speed_mps(road_type)
+        if speed is None:
+            return self.params.default_speed_mps(road_type)
+        self._explicit_speed.add(key)
+        return speed
 
     def _build_index(self) -> None:
         self._lane_keys = list(self.lanes)
@@ -264,6 +276,9 @@ class HDMap:
         self._point_lane = np.repeat(np.arange(len(self._lane_list)), counts)
         self._point_count = counts[self._point_lane]
         self._tree = cKDTree(self._points)
+        self.section_lanes: dict[tuple, list] = defaultdict(list)  # (road, section, lane_id > 0) -> keys
+        for key in self._lane_keys:
+            self.section_lanes[(key[0], key[1], key[2] > 0)].append(key)
         # Per sample, the segment to the next sample of its lane (a lane's last sample repeats the
         # segment before it; queries never start a segment there).
         step = np.diff(self._points, axis=0, append=self._points[-1:])
@@ -328,6 +343,33 @@ class HDMap:
     def traffic_lights_for_lane(self, key: LaneKey) -> list[MapSignal]:
         return list(self._lights_by_lane.get(key, ()))
 
+    def stop_lines_on_route(self, route) -> list[tuple[int, StopLine]]:
+        """Stop lines (traffic lights and stop signs) the route crosses, in driving order.
+
+        Each as (index of the route point nearest the line, StopLine). A line the route starts
+        beyond, or ends before, is left out.
+        """
+        keys = route.lane_keys
+        run_starts = [i for i in range(len(keys)) if i == 0 or keys[i] != keys[i - 1]] + [len(keys)]
+        spacing = self.params.route_spacing_m
+        found = []
+        for begin, end in zip(run_starts[:-1], run_starts[1:]):
+            for line in self._stop_lines_by_lane.get(keys[begin], ()):
+                centre = line.segment.mean(axis=0)
+                gap = np.linalg.norm(route.path[begin:end] - centre, axis=1)
+                i = begin + int(np.argmin(gap))
+                if gap[i - begin] > 2.0 * spacing:
+                    continue
+                # Where along the route the line lies; a lane's points start up to one spacing
+                # after the lane does, so between lanes allow that much slack.
+                tangent = np.array([math.cos(route.yaw[i]), math.sin(route.yaw[i])])
+                along = route.s[i] + float(np.dot(centre - route.path[i], tangent))
+                low = route.s[begin] - (spacing if begin > 0 else 0.0)
+                high = route.s[end - 1] + (spacing if end < len(keys) else 0.0)
+                if low - 1e-6 <= along <= high + 1e-6:
+                    found.append((min(int(np.searchsorted(route.s, along - 1e-6)), len(keys) - 1), line))
+        return sorted(found, key=lambda item: item[0])
+
     # ------------------------------------------------------------------ queries
     def _project_many(self, xy: np.ndarray, yaw: np.ndarray | None, k: int, require_heading: bool):
         """Best lane-segment projection of each of the (N,2) points ``xy`` among its k nearest points.
@@ -359,26 +401,28 @@ class HDMap:
             score += HEADING_WEIGHT_M_PER_RAD * dyaw
             any_ok = ok.any(axis=1)
             score = np.where(ok | ~any_ok[:, None], score, np.inf)
+        else:
+            any_ok = np.ones(len(xy), dtype=bool)
         best = np.argmin(score, axis=1)
         rows = np.arange(len(xy))
         out_lane = lane_idx[rows, best]
-        if yaw is not None and require_heading:
+        if require_heading:
             out_lane = np.where(any_ok, out_lane, -1)
-        return (out_lane, distance[rows, best], lateral[rows, best], self._point_s[seg[rows, best]] + t[rows, best])
+        return (out_lane, distance[rows, best], lateral[rows, best], self._point_s[seg[rows, best]] + t[rows, best],
+                any_ok)
 
     def _query(self, xy, yaw, require_heading: bool):
         xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
         yaw = None if yaw is None else np.broadcast_to(np.asarray(yaw, dtype=np.float64), (len(xy),))
         result = self._project_many(xy, yaw, 16, require_heading)
-        if yaw is not None:
-            # Points whose 16 nearest samples all head the wrong way (e.g. on a two-way road with
-            # a junction beside it): look further.
-            retry = np.flatnonzero((result[0] < 0) if require_heading else np.zeros(len(xy), bool))
-            if len(retry):
-                wider = self._project_many(xy[retry], yaw[retry], 128, require_heading)
-                for full, part in zip(result, wider):
-                    full[retry] = part
-        return result
+        # Points whose 16 nearest samples all head the wrong way (a wrong-way car on a two-way
+        # road, a pose beside a junction): look further before giving up on the heading.
+        retry = np.flatnonzero(~result[4])
+        if len(retry):
+            wider = self._project_many(xy[retry], yaw[retry], 128, require_heading)
+            for full, part in zip(result, wider):
+                full[retry] = part
+        return result[:4]
 
     def nearest_lanes(self, xy, yaw=None) -> tuple[list, np.ndarray, np.ndarray]:
         """Vectorized ``nearest_lane`` for (N,2) points (and optional (N,) or scalar yaw).

@@ -80,14 +80,8 @@ def lateral_chains(hdmap, key) -> dict:
 
 
 def _section_mates(hdmap, key) -> list:
-    road, section, lane_id = key
-    mates = getattr(hdmap, "_section_index", None)
-    if mates is None:
-        mates = {}
-        for k in hdmap.lanes:
-            mates.setdefault((k[0], k[1], k[2] > 0), []).append(k)
-        hdmap._section_index = mates
-    return mates[(road, section, lane_id > 0)]
+    """Lanes of the same road section driving the same way as ``key`` (``key`` included)."""
+    return hdmap.section_lanes[(key[0], key[1], key[2] > 0)]
 
 
 def _plan_leg(hdmap, start, goal, what=("start", "goal")) -> list:

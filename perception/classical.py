@@ -48,7 +48,7 @@ class ClassicalConfig:
     max_obstacle_height_m: float = 3.5    # above it: canopy, overhangs, ceilings
     cluster_cell_m: float = 0.2
     cluster_dilation_cells: int = 1
-    split_cell_m: float = 0.1             # second pass over too-big clusters (0: off)
+    wall_strip_passes: int = 2            # passes that strip wall lines off too-big clusters (0: off)
     duplicate_distance_m: float = 1.0     # same-class boxes closer than this: keep the best
     min_cluster_points: int = 5
     edge_band_m: float = 0.2              # "on the outline" for the edge-fraction test
@@ -62,6 +62,7 @@ class ClassicalConfig:
     vehicle_height_m: tuple[float, ...] = (0.9, 4.0)
     vehicle_typical_lwh_m: tuple[float, ...] = (4.5, 1.85, 1.6)
     vehicle_end_face_m: tuple[float, ...] = (1.4, 2.3)  # a lone thin line this long: a vehicle's front or back
+    vehicle_min_edge_fraction: float = 0.5  # share of points on the box outline (see edge_fraction)
     pedestrian_length_m: tuple[float, ...] = (0.15, 1.2)
     pedestrian_width_m: tuple[float, ...] = (0.1, 1.0)
     pedestrian_height_m: tuple[float, ...] = (1.0, 2.1)
@@ -117,13 +118,21 @@ class ClassicalDetector:
         cluster = cluster_bev(obs.xyz, cfg.range_m, cfg.cluster_cell_m, cfg.cluster_dilation_cells)
         t2 = time.perf_counter()
         found = self._classify_clusters(obs, cluster)
-        # Second pass: clusters too big for any class are often an object touching a wall or hedge.
-        # Split them on a finer grid without growing, and keep the pieces that make sense.
-        too_big = found.pop("too_big_points")
-        if cfg.split_cell_m > 0 and too_big.any():
-            sub = _Obstacles(obs.xyz[too_big], obs.height[too_big])
-            pieces = self._classify_clusters(sub, cluster_bev(sub.xyz, cfg.range_m, cfg.split_cell_m, 0))
-            pieces.pop("too_big_points")
+        # Further passes: a cluster too big for any class is often a vehicle touching a wall, fence or
+        # hedge. Strip each such cluster's busiest rectangle edge (the wall line), cluster the rest
+        # again, and keep the pieces that are vehicles. Walls and buildings stay rejected.
+        remaining = found.pop("leftover_points")
+        for _ in range(cfg.wall_strip_passes):
+            if not remaining.any():
+                break
+            sub = _Obstacles(obs.xyz[remaining], obs.height[remaining])
+            pieces = self._classify_clusters(sub, cluster_bev(sub.xyz, cfg.range_m, cfg.cluster_cell_m,
+                                                              cfg.cluster_dilation_cells))
+            next_remaining = np.zeros_like(remaining)
+            next_remaining[np.flatnonzero(remaining)[pieces.pop("leftover_points")]] = True
+            remaining = next_remaining
+            # Only vehicles: what is left of a building is often person-sized.
+            pieces["label"] = np.where(pieces["label"] == int(ObjectClass.VEHICLE), pieces["label"], 0)
             found = {k: np.concatenate([found[k], pieces[k]]) for k in found}
         keep = found["label"] > 0
         found = {k: v[keep] for k, v in found.items()}
@@ -139,7 +148,7 @@ class ClassicalDetector:
         cfg = self.config
         empty = {"center": np.zeros((0, 3)), "size": np.zeros((0, 3)), "yaw": np.zeros(0), "edge_fraction": np.zeros(0),
                  "label": np.zeros(0, dtype=np.int32), "score": np.zeros(0),
-                 "too_big_points": np.zeros(len(cluster), dtype=bool)}
+                 "leftover_points": np.zeros(len(cluster), dtype=bool)}
         if not (cluster >= 0).any():
             return empty
         point_index = np.flatnonzero(cluster >= 0)
@@ -148,9 +157,13 @@ class ClassicalDetector:
         starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
         counts = np.diff(np.r_[starts, len(ids)])
         size_ok = (counts >= cfg.min_cluster_points) & (counts <= cfg.max_cluster_points)
-        starts, counts = starts[size_ok], counts[size_ok]
-        if len(starts) == 0:
+        if not size_ok.any():
             return empty
+        # Keep the points of clusters of a workable size, still grouped by cluster.
+        members = np.repeat(size_ok, counts)
+        point_index = point_index[members]
+        counts = counts[size_ok]
+        starts = np.r_[0, np.cumsum(counts)[:-1]]
         xyz = obs.xyz[point_index]
         height = obs.height[point_index]
         ground_z = xyz[:, 2] - height
@@ -163,12 +176,12 @@ class ClassicalDetector:
         label, score, length_c, width_c, cx_c, cy_c, yaw_c = _classify(cx, cy, length, width, yaw, top, counts, edge, cfg)
         too_big = (label == 0) & ((length > cfg.vehicle_length_m[1]) | (width > cfg.vehicle_width_m[1])
                                   | (length >= cfg.wall_aspect * np.maximum(width, 0.05) + 1.0))
-        too_big_points = np.zeros(len(cluster), dtype=bool)
-        member_of_big = np.repeat(too_big, counts)
-        cluster_points = np.concatenate([np.arange(s, s + c) for s, c in zip(starts, counts)])
-        too_big_points[point_index[cluster_points[member_of_big]]] = True
+        in_big = np.repeat(too_big, counts)
+        off_edge = ~on_busiest_edge(xyz[:, :2], counts, rect, cfg.edge_band_m)
+        leftover_points = np.zeros(len(cluster), dtype=bool)
+        leftover_points[point_index[in_big & off_edge]] = True
         return {"center": np.stack([cx_c, cy_c, bottom_z + top / 2], 1), "size": np.stack([length_c, width_c, top], 1),
-                "yaw": yaw_c, "label": label, "score": score, "edge_fraction": edge, "too_big_points": too_big_points}
+                "yaw": yaw_c, "label": label, "score": score, "edge_fraction": edge, "leftover_points": leftover_points}
 
 
 class _Obstacles:
@@ -230,10 +243,15 @@ def cluster_bev(xyz: np.ndarray, range_m: float, cell_m: float, dilation_cells: 
     """Cluster id per point (-1 none) from 8-connected components of the BEV occupancy grid."""
     if len(xyz) == 0:
         return np.zeros(0, dtype=np.int64)
-    n = int(np.ceil(2 * range_m / cell_m)) + 1
-    ix = np.clip(((xyz[:, 0] + range_m) / cell_m).astype(np.int64), 0, n - 1)
-    iy = np.clip(((xyz[:, 1] + range_m) / cell_m).astype(np.int64), 0, n - 1)
-    occupied = np.zeros((n, n), dtype=bool)
+    # The grid spans only the points' bounding box (plus the growth margin): the split pass often
+    # works on a few objects, and a full-range grid at 0.1 m would be 1.4 M cells.
+    margin = dilation_cells + 1
+    lo = np.maximum(xyz[:, :2].min(axis=0), -range_m) - margin * cell_m
+    hi = np.minimum(xyz[:, :2].max(axis=0), range_m) + margin * cell_m
+    nx, ny = (np.ceil((hi - lo) / cell_m).astype(np.int64) + 1)
+    ix = np.clip(((xyz[:, 0] - lo[0]) / cell_m).astype(np.int64), 0, nx - 1)
+    iy = np.clip(((xyz[:, 1] - lo[1]) / cell_m).astype(np.int64), 0, ny - 1)
+    occupied = np.zeros((nx, ny), dtype=bool)
     occupied[ix, iy] = True
     grown = ndimage.binary_dilation(occupied, iterations=dilation_cells) if dilation_cells > 0 else occupied
     components, _ = ndimage.label(grown, structure=np.ones((3, 3), dtype=bool))
@@ -332,6 +350,20 @@ def edge_fraction(xy: np.ndarray, counts: np.ndarray, rect: np.ndarray, band_m: 
     return np.add.reduceat(near, starts) / counts
 
 
+def on_busiest_edge(xy: np.ndarray, counts: np.ndarray, rect: np.ndarray, band_m: float) -> np.ndarray:
+    """Per point, whether it lies within ``band_m`` of the edge of its cluster's rectangle that holds
+    the most points: for a vehicle parked against a wall, the wall."""
+    per_point = np.repeat(rect, counts, axis=0)
+    c, s = np.cos(per_point[:, 4]), np.sin(per_point[:, 4])
+    dx, dy = xy[:, 0] - per_point[:, 0], xy[:, 1] - per_point[:, 1]
+    u, v = dx * c + dy * s, -dx * s + dy * c
+    half_l, half_w = per_point[:, 2] / 2, per_point[:, 3] / 2
+    near = np.stack([half_l - u, u + half_l, half_w - v, v + half_w], 1) <= band_m   # front, back, left, right
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    busiest = np.argmax(np.add.reduceat(near.astype(np.int64), starts, axis=0), axis=1)
+    return near[np.arange(len(xy)), np.repeat(busiest, counts)]
+
+
 def _classify(cx, cy, length, width, yaw, height, counts, edge, cfg: ClassicalConfig):
     """Label (0 = rejected), score, and boxes completed to the typical size where seen from one side
     (length, width, centre x, centre y, and yaw, turned by 90 degrees for vehicles seen end-on)."""
@@ -357,6 +389,7 @@ def _classify(cx, cy, length, width, yaw, height, counts, edge, cfg: ClassicalCo
             end_on = ((label == 0) & (length >= lo) & (length <= hi) & (width < w0)
                       & (height >= h0) & (height <= h1))
             fits |= end_on
+            fits &= edge >= cfg.vehicle_min_edge_fraction
         if not fits.any():
             continue
         label[fits] = int(cls)
@@ -364,8 +397,8 @@ def _classify(cx, cy, length, width, yaw, height, counts, edge, cfg: ClassicalCo
             # Turn end-on faces so that their long axis is the (unseen) length of the vehicle.
             yaw[end_on] = np.where(yaw[end_on] > 0, yaw[end_on] - np.pi / 2, yaw[end_on] + np.pi / 2)
             length[end_on], width[end_on] = width[end_on].copy(), length[end_on].copy()
-            new_l, new_w, new_cx, new_cy = _complete_box(cx[fits], cy[fits], length[fits], width[fits], yaw[fits], typical)
-            out_l[fits], out_w[fits], out_cx[fits], out_cy[fits] = new_l, new_w, new_cx, new_cy
+        new_l, new_w, new_cx, new_cy = _complete_box(cx[fits], cy[fits], length[fits], width[fits], yaw[fits], typical)
+        out_l[fits], out_w[fits], out_cx[fits], out_cy[fits] = new_l, new_w, new_cx, new_cy
         # Size likeness on the measured footprint: smaller than typical is what a partial view looks
         # like and costs nothing; larger, and any height mismatch, cost a log-normal penalty.
         log_l = np.maximum(np.log(np.maximum(length[fits], 1e-3) / typical[0]), 0.0)
@@ -378,14 +411,16 @@ def _classify(cx, cy, length, width, yaw, height, counts, edge, cfg: ClassicalCo
         expected = np.maximum(cfg.points_for_full_score * (15.0 / range_m) ** 2, 8.0)
         support = np.minimum(1.0, counts[fits] / expected)
         partial = np.where(end_on[fits], cfg.end_on_score_factor, 1.0)
+        if cls == ObjectClass.VEHICLE:
+            partial = partial * edge[fits]   # outlines, not filled blobs (vegetation)
         score[fits] = np.clip(size_likeness * (0.3 + 0.7 * support) * partial, cfg.min_score, 1.0)
     return label, score, out_l, out_w, out_cx, out_cy, yaw
 
 
 def _complete_box(cx, cy, length, width, yaw, typical):
-    """Grow vehicle boxes shorter or narrower than typical, away from the sensor.
+    """Grow boxes shorter or narrower than their class's typical size, away from the sensor.
 
-    A car seen end-on or side-on shows one face; its box centre then lies behind that face by half
+    A car seen end-on or side-on shows one face (a person, the near half of the body); its box centre then lies behind that face by half
     the hidden extent. Shift the centre along each grown axis by half the growth, on the far side.
     """
     c, s = np.cos(yaw), np.sin(yaw)

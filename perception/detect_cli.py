@@ -21,7 +21,7 @@ HELP = "detect objects in one recorded lidar scan (KITTI .bin, nuScenes .pcd.bin
 def add_arguments(parser) -> None:
     parser.add_argument("file", help="scan: KITTI .bin, nuScenes .pcd.bin or .pcd (ascii/binary)")
     parser.add_argument("--model", default="classical",
-                        help="'classical' or a trained model folder (perception.detector); default classical")
+                        help="'classical', 'learned' (the shipped model) or a trained model folder; default classical")
     parser.add_argument("--format", default="auto", choices=["auto", "kitti", "nuscenes", "pcd"],
                         help="scan format; auto tells it from the file name")
     parser.add_argument("--out", required=True, help="output folder for boxes.json and bev.png")
@@ -33,13 +33,14 @@ def add_arguments(parser) -> None:
 
 
 def make_detector(model: str, config_path: str | None = None):
-    """An object with ``detect(points) -> Boxes``: the classical detector or a trained model folder."""
+    """An object with ``detect(points) -> Boxes``: the classical detector, the shipped learned model
+    (``learned``) or a trained model folder (``perception.detector.LidarDetector``)."""
     if model == "classical":
         from perception.classical import ClassicalDetector, load_config
         return ClassicalDetector(load_config(config_path))
-    model_dir = Path(model)
-    if not model_dir.is_dir():
-        raise UserError("model must be 'classical' or an existing model folder", model_dir)
+    model_dir = None if model == "learned" else Path(model)
+    if model_dir is not None and not model_dir.is_dir():
+        raise UserError("model must be 'classical', 'learned' (the shipped model) or an existing model folder", model_dir)
     try:
         from perception.detector import LidarDetector
     except ImportError as exc:

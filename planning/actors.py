@@ -27,6 +27,9 @@ KIND_LEADER = 0  # in the path, moving along it
 KIND_STANDING = 1  # in the path, standing or moving across
 KIND_CROSSING = 2  # predicted to enter the path
 
+RELAXED_MARGIN_M = 0.1  # deadlock mode: lateral margin to vehicles
+RELAXED_MIN_GAP_M = 1.0  # deadlock mode: standstill gap to vehicles
+
 
 @dataclass
 class ActorObstacles:
@@ -55,19 +58,26 @@ def actor_obstacles(actors: Boxes | None, route: RouteView, window: slice, ego_x
     if actors is None or len(actors) == 0:
         return ActorObstacles.empty()
     ac = config.actors
-    near = np.hypot(*(actors.center[:, :2] - ego_xy).T) < ac.range_m
+    path, tangent, normal = route.path[window], route.tangent[window], route.normal[window]
+    s_path = route.s[window]
+    finite = np.isfinite(actors.center[:, :2]).all(axis=1) & np.isfinite(actors.velocity).all(axis=1)
+    near = finite & (np.hypot(*(np.where(finite[:, None], actors.center[:, :2], 1e9) - ego_xy).T) < ac.range_m)
+    if near.any():
+        # Only actors that could reach the corridor within the horizon: distance to the path now
+        # minus the distance they can travel (no prediction, no per-step work for the rest).
+        c = actors.center[near, :2]
+        reach = (config.ego.width_m / 2 + 0.5 * np.hypot(actors.size[near, 0], actors.size[near, 1])
+                 + ac.lateral_margin_pedestrian_m + np.hypot(*actors.velocity[near].T) * ac.prediction_horizon_s)
+        near[np.flatnonzero(near)] = _min_dist2(c, path) < reach ** 2
     if not near.any():
         return ActorObstacles.empty()
     a = actors.select(near)
     n = len(a)
-    path, tangent, normal = route.path[window], route.tangent[window], route.normal[window]
-    s_path = route.s[window]
 
     taus = np.arange(0.0, ac.prediction_horizon_s + 1e-9, ac.prediction_step_s)  # (K,)
     pred = a.center[:, None, :2] + a.velocity[:, None, :] * taus[None, :, None]  # (N,K,2)
     flat = pred.reshape(-1, 2)
-    d2 = np.sum((flat[:, None, :] - path[None, :, :]) ** 2, axis=2)  # (N*K, W)
-    j = np.argmin(d2, axis=1)
+    j = np.argmin(_dist2(flat, path), axis=1)
     rel = flat - path[j]
     along = (s_path[j] + np.einsum("ij,ij->i", rel, tangent[j])).reshape(n, -1)
     lateral = np.einsum("ij,ij->i", rel, normal[j]).reshape(n, -1)
@@ -81,8 +91,8 @@ def actor_obstacles(actors: Boxes | None, route: RouteView, window: slice, ego_x
     extent_along = np.abs(half_len * np.cos(rel_yaw)) + np.abs(half_wid * np.sin(rel_yaw))
     is_ped = a.label == int(ObjectClass.PEDESTRIAN)
     margin = np.where(is_ped, ac.lateral_margin_pedestrian_m, ac.lateral_margin_vehicle_m)
-    if relaxed:
-        margin = np.full(n, 0.1)
+    if relaxed:  # deadlock: squeeze past vehicles, never closer to pedestrians
+        margin = np.where(is_ped, ac.lateral_margin_pedestrian_m, RELAXED_MARGIN_M)
     half_corridor = config.ego.width_m / 2 + extent_across + margin
     inside = (np.abs(lateral) < half_corridor[:, None]) & ~beyond
     ahead = along + extent_along[:, None] > s_front
@@ -98,7 +108,7 @@ def actor_obstacles(actors: Boxes | None, route: RouteView, window: slice, ego_x
 
     now = in_path[:, 0]
     s_now = along[:, 0] - extent_along
-    leader = now & aligned & (speed_along > 0.0) & ~is_ped
+    leader = now & aligned & ~is_ped  # a queue too: standing vehicles heading our way are leaders at 0 m/s
     out_s = [s_now[now]]
     out_v = [np.where(leader, np.maximum(speed_along, 0.0), 0.0)[now]]
     out_kind = [np.where(leader, KIND_LEADER, KIND_STANDING)[now]]
@@ -127,6 +137,16 @@ def actor_obstacles(actors: Boxes | None, route: RouteView, window: slice, ego_x
     min_gap = np.where(label == int(ObjectClass.PEDESTRIAN), config.idm.min_gap_pedestrian_m,
                        config.idm.min_gap_vehicle_m)
     if relaxed:
-        min_gap = np.full(len(idx), 1.0)
+        min_gap = np.where(label == int(ObjectClass.PEDESTRIAN), min_gap, RELAXED_MIN_GAP_M)
     return ActorObstacles(np.concatenate(out_s), np.concatenate(out_v), min_gap, np.concatenate(out_kind).astype(np.int64),
                           a.ids[idx], label)
+
+
+def _dist2(points: np.ndarray, path: np.ndarray) -> np.ndarray:
+    """(P,W) squared distances, as |p|^2 - 2 p.q + |q|^2 (one matrix product, no (P,W,2) temporary)."""
+    return (np.einsum("ij,ij->i", points, points)[:, None] - 2.0 * points @ path.T
+            + np.einsum("ij,ij->i", path, path)[None, :])
+
+
+def _min_dist2(points: np.ndarray, path: np.ndarray) -> np.ndarray:
+    return np.maximum(_dist2(points, path).min(axis=1), 0.0)

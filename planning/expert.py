@@ -128,7 +128,8 @@ class Expert:
     def _update_deadlock(self, reason: str, v: float, dt: float, s_ego: float) -> None:
         """Stopped behind actors that are not moving along with us for too long -> relaxed mode."""
         cfg = self.config
-        blocked_by_actor = reason.startswith(("in_path:", "yield:")) or (reason.startswith("leader:") and v < 0.1)
+        # Queues (leaders, even standing ones) resolve themselves; crossing and blocking actors may not.
+        blocked_by_actor = reason.startswith(("in_path:", "yield:"))
         if v < 0.3 and blocked_by_actor:
             self._stuck_s += dt
         elif v > 1.0 or not blocked_by_actor:

@@ -6,7 +6,8 @@ writes ``OUT/bag/`` (rosbag2, MCAP storage) with
 
     /sensing/lidar/points                  sensor_msgs/PointCloud2 (x, y, z, intensity, label, actor_id), 10 Hz
     /localization/kinematic_state          nav_msgs/Odometry, every tick (base_link = rear axle)
-    /simulation/ground_truth/objects       autoware TrackedObjects, every lidar period (+ /debug/markers MarkerArray)
+    /simulation/ground_truth/objects       autoware TrackedObjects within --gt-radius of the ego, every lidar
+                                           period (+ /debug/markers MarkerArray)
     /perception/traffic_light_recognition/traffic_signals   autoware TrafficLightGroupArray, same period
     /control/command/control_cmd           the ego's command, every tick
 

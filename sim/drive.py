@@ -50,6 +50,9 @@ class DriveOptions:
     bev: bool = True
     progress: bool = True
     planner_hz: float = 10.0
+    log_lidar_hz: float = 1.0  # full clouds are ~1.6 MB each: log a subset of the 10 Hz sweeps
+    log_objects_hz: float = 2.0
+    log_objects_radius_m: float = 80.0  # ground truth around the ego, not the whole town
 
 
 def failed_route_result(opts: DriveOptions, status: str, wall_s: float):
@@ -98,9 +101,9 @@ def _json_default(v):
 def load_route(opts: DriveOptions):
     """(RouteSpec, HDMap, dense Route) or a UserError naming the file and the problem."""
     from hdmap import load_map
-    from hdmap.routes import dense_route, read_route_file
+    from hdmap.routes import dense_route, load_routes
 
-    specs = read_route_file(opts.routes)
+    specs = load_routes(opts.routes)
     by_id = {str(s.id): s for s in specs}
     spec = by_id.get(str(opts.route_id))
     if spec is None:
@@ -164,120 +167,181 @@ def drive(opts: DriveOptions) -> tuple[dict, int, object]:
         raise
 
 
+class RouteSession:
+    """The world side of a scored drive: world, scorer, log and result, stepped by commands.
+
+    ``adstack drive`` steps it in process (planner and controller called in order); the ROS 2 sim
+    bridge steps it with commands that arrive over DDS. Both write the same ``result.json``.
+    """
+
+    def __init__(self, opts: DriveOptions, spec, hdmap, route, out: Path, wall0: float | None = None):
+        from sim.scoring import scorer_from_hdmap, variant_by_name
+        from sim.world import World, WorldConfig
+
+        self.opts, self.spec, self.hdmap, self.route, self.out = opts, spec, hdmap, route, out
+        self.wall0 = time.perf_counter() if wall0 is None else wall0
+        cfg = WorldConfig.load()
+        cfg.lidar = bool(opts.lidar or opts.perception == "lidar")
+        if opts.vehicles is not None:
+            cfg.traffic.vehicles = opts.vehicles
+        if opts.pedestrians is not None:
+            cfg.traffic.pedestrians = opts.pedestrians
+        self.cfg = cfg
+        self.vehicle = cfg.vehicle
+        self.variant = variant_by_name(opts.variant)
+        start_xy, start_yaw = route.path[0], float(route.yaw[0])
+        # The route starts at the ego's box centre; the bicycle model's pose is the rear axle.
+        rear = start_xy - self.vehicle.center_offset * np.array([math.cos(start_yaw), math.sin(start_yaw)])
+        self.world = World(hdmap, cfg, seed=opts.seed)
+        self.writer = None
+        self.driven: list[tuple[float, float, float]] = []
+        self.status_override: str | None = None
+        self.failure_message: str | None = None
+        self.limit_s = opts.seconds if opts.seconds else math.inf
+        self.tick_count = 0
+        self.objects_every = max(1, int(round(1.0 / (opts.log_objects_hz * cfg.dt))))
+        self.lidar_period_s = 1.0 / opts.log_lidar_hz if opts.log_lidar_hz > 0 else math.inf
+        self.next_lidar_log_t = 0.0
+        self.timing: dict = {}
+        try:
+            self.state = self.world.reset((float(rear[0]), float(rear[1]), start_yaw, 0.0))
+            self.scorer = scorer_from_hdmap(hdmap, route, self.variant, start_t=self.state.t, route_id=spec.id,
+                                            ego_center_offset_m=self.vehicle.center_offset)
+            if opts.log:
+                from adstack.bag import BagWriter
+                self.writer = BagWriter(out / "log.mcap", overwrite=True)
+                self.writer.write_json(topics.ROUTE, {"route_id": spec.id, "town": spec.town,
+                                                      "path": np.round(route.path, 3)}, self.state.t)
+        except BaseException:
+            self.world.close()
+            raise
+
+    @property
+    def done(self) -> bool:
+        return self.scorer.done or self.state.t >= self.limit_s - 1e-9
+
+    def log_plan(self, trajectory: Trajectory, objects: Boxes | None = None) -> None:
+        if self.writer is not None:
+            self.writer.write_trajectory(topics.TRAJECTORY, trajectory, self.state.t)
+
+    def step(self, command: Command, detections: Boxes | None = None):
+        """Advance one tick with ``command``; score it and log it. Returns the new WorldState."""
+        state = self.state = self.world.tick(command)
+        self.tick_count += 1
+        scenery = self.world.scenery.query(state.ego.x, state.ego.y) if self.world.scenery is not None else None
+        self.scorer.update(state.t, state.ego, (self.vehicle.length, self.vehicle.width), state.actors, scenery,
+                           state.traffic_lights)
+        self.driven.append((state.ego.x, state.ego.y, state.ego.v))
+        w = self.writer
+        if w is not None:
+            w.write_odometry(topics.KINEMATIC_STATE, state.ego, state.t)
+            w.write_command(topics.CONTROL_COMMAND, command, state.t)
+            if self.tick_count % self.objects_every == 0:
+                near = np.hypot(state.actors.center[:, 0] - state.ego.x,
+                                state.actors.center[:, 1] - state.ego.y) <= self.opts.log_objects_radius_m
+                w.write_objects(topics.GROUND_TRUTH_OBJECTS, state.actors.select(near), state.t)
+                w.write_traffic_lights(topics.TRAFFIC_SIGNALS, state.traffic_lights, state.t)
+                if detections is not None:
+                    w.write_objects(topics.DETECTED_OBJECTS, detections, state.t)
+            if state.lidar is not None and state.t + 1e-9 >= self.next_lidar_log_t:
+                w.write_pointcloud(topics.LIDAR_POINTS, state.lidar, state.t)
+                self.next_lidar_log_t = state.t + self.lidar_period_s
+        return state
+
+    def agent_crashed(self, message: str) -> None:
+        self.status_override = STATUS_AGENT_CRASHED
+        self.failure_message = message
+
+    def progress_line(self) -> str:
+        rc, pen, ds = self.scorer.current_scores()
+        st = self.state
+        return (f"route {self.spec.id} t={st.t:6.1f}s completion={rc:5.1f}% penalty={pen:.2f} score={ds:5.1f} "
+                f"speed={st.ego.v * 3.6:4.0f} km/h ({st.t / max(time.perf_counter() - self.wall0, 1e-9):.1f}x real time)")
+
+    def close(self) -> None:
+        if self.world is not None:
+            self.timing = dict(self.world.timing)
+            self.world.close()
+            self.world = None
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def finish(self, extra: dict | None = None):
+        """Close everything, write result.json and bev.png; returns (result dict, RouteResult)."""
+        from sim.scoring import route_record
+        self.close()
+        opts, state = self.opts, self.state
+        wall_s = time.perf_counter() - self.wall0
+        scored = self.scorer.result(duration_system_s=wall_s)
+        status = self.status_override or scored.status
+        if self.status_override is None and not scored.completed and state.t >= self.limit_s - 1e-9:
+            status = f"Stopped - --seconds {opts.seconds:g} reached"
+        events = [ev for evs in scored.infractions.values() for ev in evs]
+        result = {
+            "route_id": str(self.spec.id), "town": self.spec.town, "status": status,
+            "driving_score": scored.driving_score, "route_completion": scored.route_completion,
+            "infraction_penalty": scored.infraction_penalty,
+            "infractions": sorted((_event_dict(e) for e in events), key=lambda e: (e["time"] or 0)),
+            "infractions_by_type": {k: len(v) for k, v in scored.infractions.items()},
+            "distance_driven_m": round(scored.distance_driven_m, 2), "route_length_m": round(scored.route_length_m, 2),
+            "offroad_distance_m": round(scored.offroad_distance_m, 2),
+            "simulated_s": round(state.t, 3), "wall_s": round(wall_s, 3),
+            "realtime_factor": round(state.t / wall_s, 2) if wall_s > 0 else 0.0,
+            "timing_s": {k: round(v, 3) if isinstance(v, float) else v for k, v in self.timing.items()},
+            "variant": getattr(self.variant, "name", opts.variant),
+            "seed": opts.seed, "planner": opts.planner, "perception": opts.perception,
+            "leaderboard_record": route_record(scored),
+            **(extra or {}),
+        }
+        if self.failure_message:
+            result["failure_message"] = self.failure_message
+        _write_json(self.out / "result.json", result)
+        if opts.bev:
+            _write_bev(self.out / "bev.png", self.hdmap, self.route, np.array(self.driven).reshape(-1, 3),
+                       state.actors, result)
+        if self.status_override:
+            scored.status = self.status_override
+        return result, scored
+
+
 def _drive_loaded(opts, spec, hdmap, route, out: Path, progress: Progress, wall0: float):
     from control import Controller
-    from sim.scoring import scorer_from_hdmap, variant_by_name
-    from sim.world import World, WorldConfig
 
-    cfg = WorldConfig.load()
-    cfg.lidar = bool(opts.lidar or opts.perception == "lidar")
-    if opts.vehicles is not None:
-        cfg.traffic.vehicles = opts.vehicles
-    if opts.pedestrians is not None:
-        cfg.traffic.pedestrians = opts.pedestrians
-    variant = variant_by_name(opts.variant)
-    start_xy, start_yaw = route.path[0], float(route.yaw[0])
-    vehicle = cfg.vehicle
-    # The route starts at the ego's box centre; the bicycle model's pose is the rear axle.
-    rear = start_xy - vehicle.center_offset * np.array([math.cos(start_yaw), math.sin(start_yaw)])
-    world = World(hdmap, cfg, seed=opts.seed)
+    session = RouteSession(opts, spec, hdmap, route, out, wall0)
     perception = None
-    if opts.perception == "lidar":
-        from perception.closed_loop import LidarPerception  # detector on the simulated lidar
-        perception = LidarPerception.default()
-    writer = None
-    status_override = None
-    failure_message = None
     exit_code = 0
-    driven = []
     try:
-        state = world.reset((float(rear[0]), float(rear[1]), start_yaw, 0.0))
+        if opts.perception == "lidar":
+            from perception.pipeline import LidarPerception  # detector + tracker on the simulated lidar
+            perception = LidarPerception.default()
         planner = make_planner(opts.planner, hdmap, route)
         controller = Controller()
-        scorer = scorer_from_hdmap(hdmap, route, variant, start_t=state.t, route_id=spec.id,
-                                   ego_center_offset_m=vehicle.center_offset)
-        if opts.log:
-            from adstack.bag import BagWriter
-            writer = BagWriter(out / "log.mcap", overwrite=True)
-            writer.write_json(topics.ROUTE, {"route_id": spec.id, "town": spec.town,
-                                             "path": np.round(route.path, 3)}, state.t)
-        plan_every = max(1, int(round(1.0 / (opts.planner_hz * cfg.dt))))
-        limit_s = opts.seconds if opts.seconds is not None else math.inf
+        plan_every = max(1, int(round(1.0 / (opts.planner_hz * session.cfg.dt))))
         trajectory: Trajectory | None = None
+        state = session.state
         objects = state.actors
-        tick = 0
-        while not scorer.done and state.t < limit_s:
-            if perception is not None and state.lidar is not None:
-                objects = perception.step(state)
-            elif perception is None:
+        while not session.done:
+            if perception is None:
                 objects = state.actors
-            if tick % plan_every == 0:
+            elif state.lidar is not None:
+                objects = perception.step(state)
+            if session.tick_count % plan_every == 0:
                 try:
                     trajectory = planner.step(state.ego, objects, state.traffic_lights, state.t)
                 except Exception as exc:  # the Leaderboard records an agent crash and keeps the score so far
-                    status_override = STATUS_AGENT_CRASHED
-                    failure_message = f"planner {opts.planner} raised {type(exc).__name__}: {exc}"
-                    print(f"adstack drive: {failure_message}", file=sys.stderr)
+                    session.agent_crashed(f"planner {opts.planner} raised {type(exc).__name__}: {exc}")
+                    print(f"adstack drive: {session.failure_message}", file=sys.stderr)
                     traceback.print_exc(limit=3, file=sys.stderr)
                     exit_code = 1
                     break
-                if writer is not None:
-                    writer.write_trajectory(topics.TRAJECTORY, trajectory, state.t)
+                session.log_plan(trajectory)
             command = controller.step(state.ego, trajectory, state.t)
-            state = world.tick(command)
-            tick += 1
-            scorer.update(state.t, state.ego, (vehicle.length, vehicle.width), state.actors,
-                          world.scenery.query(state.ego.x, state.ego.y) if world.scenery is not None else None,
-                          state.traffic_lights)
-            driven.append((state.ego.x, state.ego.y, state.ego.v))
-            if writer is not None:
-                writer.write_odometry(topics.KINEMATIC_STATE, state.ego, state.t)
-                writer.write_command(topics.CONTROL_COMMAND, command, state.t)
-                if tick % plan_every == 0:
-                    writer.write_objects(topics.GROUND_TRUTH_OBJECTS, state.actors, state.t)
-                    writer.write_traffic_lights(topics.TRAFFIC_SIGNALS, state.traffic_lights, state.t)
-                    if perception is not None:
-                        writer.write_objects(topics.DETECTED_OBJECTS, objects, state.t)
-                if state.lidar is not None:
-                    writer.write_pointcloud(topics.LIDAR_POINTS, state.lidar, state.t)
-            rc, pen, ds = scorer.current_scores()
-            progress.update(f"route {spec.id} t={state.t:6.1f}s completion={rc:5.1f}% penalty={pen:.2f} "
-                            f"score={ds:5.1f} speed={state.ego.v * 3.6:4.0f} km/h "
-                            f"({state.t / max(time.perf_counter() - wall0, 1e-9):.1f}x real time)")
+            state = session.step(command, objects if perception is not None else None)
+            progress.update(session.progress_line())
     finally:
-        timing = dict(world.timing)
-        world.close()
-        if writer is not None:
-            writer.close()
-    wall_s = time.perf_counter() - wall0
-    scored = scorer.result(duration_system_s=wall_s)
-    status = status_override or scored.status
-    if status_override is None and not scored.completed and state.t >= limit_s:
-        status = f"Stopped - --seconds {opts.seconds:g} reached"
-    events = [ev for evs in scored.infractions.values() for ev in evs]
-    from sim.scoring import route_record
-    result = {
-        "route_id": str(spec.id), "town": spec.town, "status": status,
-        "driving_score": scored.driving_score, "route_completion": scored.route_completion,
-        "infraction_penalty": scored.infraction_penalty,
-        "infractions": sorted((_event_dict(e) for e in events), key=lambda e: (e["time"] or 0)),
-        "infractions_by_type": {k: len(v) for k, v in scored.infractions.items()},
-        "distance_driven_m": round(scored.distance_driven_m, 2), "route_length_m": round(scored.route_length_m, 2),
-        "offroad_distance_m": round(scored.offroad_distance_m, 2),
-        "simulated_s": round(state.t, 3), "wall_s": round(wall_s, 3),
-        "realtime_factor": round(state.t / wall_s, 2) if wall_s > 0 else 0.0,
-        "timing_s": {k: round(v, 3) if isinstance(v, float) else v for k, v in timing.items()},
-        "variant": variant.name if hasattr(variant, "name") else opts.variant,
-        "seed": opts.seed, "planner": opts.planner, "perception": opts.perception,
-        "leaderboard_record": route_record(scored),
-    }
-    if failure_message:
-        result["failure_message"] = failure_message
-    _write_json(out / "result.json", result)
-    if opts.bev:
-        _write_bev(out / "bev.png", hdmap, route, np.array(driven).reshape(-1, 3), state.actors, result)
-    if status_override:
-        scored.status = status_override
+        session.close()
+    result, scored = session.finish()
     return result, exit_code, scored
 
 

@@ -63,10 +63,10 @@ def run(args) -> int:
         return run_detector_eval(args)
     if not args.routes:
         raise UserError("--routes is required")
-    from hdmap.routes import read_route_file
+    from hdmap.routes import load_routes
     from sim.scoring import results_json, write_results_json
 
-    specs = read_route_file(args.routes)
+    specs = load_routes(args.routes)
     ids = [str(s.id) for s in specs]
     wanted = ids if not args.route_ids else [str(r) for r in args.route_ids]
     unknown = [r for r in wanted if r not in ids]

@@ -522,7 +522,8 @@ class CollisionMonitor:
             if any(math.hypot(x - sx, y - sy) <= self.v.collision_ignore_radius_m for sx, sy in self.spots):
                 return None
         else:
-            if self.spots and math.hypot(x - self.spots[0][0], y - self.spots[0][1]) <= self.v.collision_ignore_radius_m:
+            last = self.spots[0] if self.spots else None
+            if last is not None and math.hypot(x - last[0], y - last[1]) <= self.v.collision_ignore_radius_m:
                 return None
             if speed < self.v.collision_min_ego_speed_mps:
                 return None
@@ -558,12 +559,13 @@ class RedLightMonitor:
     tail point lies on that stop line's lane and the car heads along it; only lights whose centre
     is within 15 m are checked. The same light is not counted twice in a row.
 
-    Stop lines come from the map (``stop_lines``) and/or from the lights themselves: a light that
+    Stop lines come from the lights themselves or from the map (``stop_lines``). A light that
     carries its own stop geometry (``yaw`` and ``lanes``, incoming lane first, as the embedded
-    world's per-lane signals do) and matches no map line by ``id`` or ``map_signal_id`` becomes a
-    stop line at its ``position``. CARLA's own test walks each light's waypoints forward to the
-    junction entrance, i.e. to the end of the incoming lane, which is where such signals stand.
-    A map line takes its state from the light governing its lane, else from the light with its id.
+    world's per-lane signals do) becomes a stop line at its ``position`` and replaces the map lines
+    of the same signal (its ``map_signal_id`` or ``id``): CARLA's own test walks each light's
+    waypoints forward to the junction entrance, the end of the incoming lane, which is where such
+    signals stand. A map line takes its state from the light governing its lane, else from the
+    light with its id.
     """
 
     def __init__(self, variant: "ScoringVariant", stop_lines: Sequence[StopLine],
@@ -579,7 +581,8 @@ class RedLightMonitor:
             else:  # CARLA gates on the trigger volume, which sits across the stop lines
                 self.centers[lid] = np.mean([[ln.x, ln.y] for ln in lines], axis=0)
         self.last_red_id: str | None = None
-        self._seen: set = set()
+        self._seen: set = set()  # light ids already looked at
+        self._own: set = set()  # ids of lines made from the lights' own geometry
         self._index_centers()
 
     def _index_centers(self) -> None:
@@ -587,24 +590,28 @@ class RedLightMonitor:
         self._center_xy = np.array([self.centers[i] for i in self._ids]).reshape(-1, 2)
 
     def _adopt(self, lights: Sequence, lane_of: LaneLookup) -> None:
-        added = False
+        """Turn lights with their own stop geometry into stop lines (once per light id); they
+        replace the map lines of the same signal (``map_signal_id`` or ``id``)."""
+        changed = False
         for tl in lights:
             lid = str(tl.id)
             if lid in self._seen:
                 continue
             self._seen.add(lid)
-            if lid in self.lines or str(getattr(tl, "map_signal_id", "") or "") in self.lines:
-                continue
             yaw = getattr(tl, "yaw", None)
             if yaw is None or not tl.lanes:
-                continue
+                continue  # a plain light: map lines serve it, by id or by lane
+            for other in {lid, str(getattr(tl, "map_signal_id", "") or "")} - {""}:
+                if other in self.lines and other not in self._own:
+                    del self.lines[other], self.centers[other]
             x, y = float(tl.position[0]), float(tl.position[1])
             lane = lane_of(x, y)
             width = lane.width if lane is not None else 3.5
             self.lines[lid] = [StopLine(lid, x, y, float(yaw), width, tl.lanes[0])]
             self.centers[lid] = np.array([x, y])
-            added = True
-        if added:
+            self._own.add(lid)
+            changed = True
+        if changed:
             self._index_centers()
 
     @staticmethod
@@ -774,7 +781,8 @@ class MinSpeedMonitor:
         return InfractionEvent(MIN_SPEED, t, x, y,
                                f"Average speed is {value}% of the surrounding traffic's one", value=value)
 
-    def step(self, t: float, x: float, y: float, ego_speed: float, traffic_speeds: np.ndarray) -> InfractionEvent | None:
+    def step(self, t: float, x: float, y: float, ego_speed: float,
+             traffic_speeds: np.ndarray) -> InfractionEvent | None:
         self.index = self.route.advance(self.index, self.v.completion_window, x, y)
         event = None
         if self.route.accum_m[self.index] - self.current_m > self.checkpoint_m:

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from adstack.types import Command, LightState
 from sim.vehicle import VehicleParams
@@ -41,6 +42,7 @@ class LaneFollower:
         self.config = config or LaneFollowerConfig()
         self.rng = np.random.default_rng(seed)
         self._path_wps: list = []  # carla waypoints ahead
+        self._path_points: list = []  # their (x, y), map frame
         self._path_xy = np.zeros((0, 2))
 
     # --- path --------------------------------------------------------------------------------------
@@ -51,31 +53,40 @@ class LaneFollower:
         wp = self.carla_map.get_waypoint(ros_to_carla_location(x, y, 0.0), project_to_road=True,
                                          lane_type=carla.LaneType.Driving)
         self._path_wps = [wp]
+        self._path_points = [self._xy(wp)]
+
+    @staticmethod
+    def _xy(waypoint) -> tuple[float, float]:
+        from hdmap.coords import carla_location_to_ros
+        x, y, _ = carla_location_to_ros(waypoint.transform.location)
+        return x, y
 
     def _update_path(self, x: float, y: float, yaw: float) -> None:
-        from hdmap.coords import carla_location_to_ros
         cfg = self.config
         if not self._path_wps:
             self._start(x, y)
         # Drop points behind the rear axle (keep one so the path starts behind us).
-        forward = np.array([math.cos(yaw), math.sin(yaw)])
-        while len(self._path_wps) > 2:
-            nxt = carla_location_to_ros(self._path_wps[1].transform.location)
-            if (np.array(nxt[:2]) - (x, y)) @ forward < 0:
-                self._path_wps.pop(0)
+        cos_yaw, sin_yaw = math.cos(yaw), math.sin(yaw)
+        drop = 0
+        while len(self._path_wps) - drop > 2:
+            nx, ny = self._path_points[drop + 1]
+            if (nx - x) * cos_yaw + (ny - y) * sin_yaw < 0:
+                drop += 1
             else:
                 break
-        if len(self._path_wps) >= 2:
-            near = np.array(carla_location_to_ros(self._path_wps[0].transform.location)[:2])
-            if np.hypot(*(near - (x, y))) > 8.0:  # lost the path (e.g. pushed off): start again
-                self._start(x, y)
+        del self._path_wps[:drop], self._path_points[:drop]
+        near = self._path_points[0]
+        if math.hypot(near[0] - x, near[1] - y) > 8.0:  # lost the path (e.g. pushed off): start again
+            self._start(x, y)
         while len(self._path_wps) * cfg.path_step < cfg.horizon:
             options = self._path_wps[-1].next(cfg.path_step)
             if not options:
                 break
             options = sorted(options, key=lambda w: (w.road_id, w.lane_id, w.s))
-            self._path_wps.append(options[int(self.rng.integers(len(options)))] if len(options) > 1 else options[0])
-        self._path_xy = np.array([carla_location_to_ros(w.transform.location)[:2] for w in self._path_wps])
+            chosen = options[int(self.rng.integers(len(options)))] if len(options) > 1 else options[0]
+            self._path_wps.append(chosen)
+            self._path_points.append(self._xy(chosen))
+        self._path_xy = np.array(self._path_points)
 
     # --- control -----------------------------------------------------------------------------------
 
@@ -108,11 +119,13 @@ class LaneFollower:
         front = p.length - p.rear_overhang  # rear axle -> front bumper
         best_gap, best_speed = math.inf, cfg.target_speed
         actors = state.actors
+        if len(actors):  # only those that can be near the path ahead
+            reach = float(s[-1]) + 10.0
+            actors = actors.select(np.hypot(actors.center[:, 0] - state.ego.x, actors.center[:, 1] - state.ego.y) < reach)
         if len(actors):
-            d = np.linalg.norm(actors.center[:, None, :2] - path[None], axis=2)  # (N, K)
-            k = np.argmin(d, axis=1)
+            distance, k = cKDTree(path).query(actors.center[:, :2])  # nearest path point per actor
             half = 0.5 * np.maximum(actors.size[:, 1], actors.size[:, 0] * 0.5)
-            on_path = d[np.arange(len(actors)), k] < half + 0.5 * p.width + cfg.corridor_margin
+            on_path = distance < half + 0.5 * p.width + cfg.corridor_margin
             ahead = s[k] - s_ego > 0.0
             for i in np.flatnonzero(on_path & ahead):
                 gap = s[k[i]] - s_ego - front - 0.5 * actors.size[i, 0]
@@ -121,24 +134,27 @@ class LaneFollower:
                     tangent /= max(np.linalg.norm(tangent), 1e-9)
                     best_gap, best_speed = gap, max(0.0, float(actors.velocity[i] @ tangent))
         stop_states = {LightState.RED} | ({LightState.YELLOW} if cfg.stop_on_yellow else set())
-        path_lanes = {(w.road_id, w.section_id, w.lane_id) for w in self._path_wps}
-        for light in state.traffic_lights:
-            # The state of the junction lane we will take, where the light says (turns differ).
-            lane_states = getattr(light, "lane_states", {})
-            light_state = next((st for key, st in lane_states.items() if key in path_lanes), light.state)
-            if light_state not in stop_states:
-                continue
-            d = np.linalg.norm(path - light.position, axis=1)
-            k = int(np.argmin(d))
-            yaw = getattr(light, "yaw", None)
-            if d[k] > 2.0 or k + 1 >= len(path):
-                continue
-            heading = math.atan2(*(path[k + 1] - path[k])[::-1])
-            if yaw is not None and abs(math.atan2(math.sin(heading - yaw), math.cos(heading - yaw))) > 0.6:
-                continue
-            gap = s[k] - s_ego - front
-            if gap > -0.5 and gap + 1.0 < best_gap:  # passed the line already: keep going
-                best_gap, best_speed = gap + 1.0, 0.0
+        lights = state.traffic_lights
+        if lights and len(path) >= 2:
+            positions = np.array([light.position for light in lights])
+            d = np.linalg.norm(positions[:, None, :] - path[None], axis=2)  # (L, K)
+            k_all = np.argmin(d, axis=1)
+            near_path = np.flatnonzero(d[np.arange(len(lights)), k_all] <= 2.0)
+            path_lanes = {(w.road_id, w.section_id, w.lane_id) for w in self._path_wps} if len(near_path) else set()
+            for j in near_path:
+                light, k = lights[j], int(k_all[j])
+                # The state of the junction lane we will take, where the light says (turns differ).
+                lane_states = getattr(light, "lane_states", {})
+                light_state = next((st for key, st in lane_states.items() if key in path_lanes), light.state)
+                if light_state not in stop_states or k + 1 >= len(path):
+                    continue
+                yaw = getattr(light, "yaw", None)
+                heading = math.atan2(*(path[k + 1] - path[k])[::-1])
+                if yaw is not None and abs(math.atan2(math.sin(heading - yaw), math.cos(heading - yaw))) > 0.6:
+                    continue
+                gap = s[k] - s_ego - front
+                if gap > -0.5 and gap + 1.0 < best_gap:  # passed the line already: keep going
+                    best_gap, best_speed = gap + 1.0, 0.0
         return best_gap, best_speed
 
     def _idm(self, v: float, gap: float, lead_speed: float) -> float:

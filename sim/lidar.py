@@ -212,16 +212,21 @@ def _splitmix64(x):
 
 @njit(cache=True, fastmath=False)
 def _column_lists(prim_center, prim_half, prim_cos_yaw, prim_sin_yaw, origin, rot_world_to_sensor,
-                  columns, start_col, end_col, range_max):
+                  columns, start_col, end_col, range_max, elevation):
     """CSR lists (offsets over local columns, primitive indices nearest first) of the primitives each
-    column can hit, and each primitive's lower bound on hit range."""
+    column can hit; per primitive a lower bound on its hit range and the channels that can reach it."""
     n_prim = prim_center.shape[0]
     n_local = end_col - start_col
     step = 2.0 * math.pi / columns
     lo = np.zeros(n_prim, np.int64)
     hi = np.full(n_prim, -1, np.int64)  # hi < lo: primitive culled
     min_dist = np.empty(n_prim)  # lower bound of the range at which a ray can meet the primitive
+    ch_lo = np.zeros(n_prim, np.int64)
+    ch_hi = np.full(n_prim, elevation.shape[0] - 1, np.int64)
     corner_sign = np.array([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
+    xs = np.empty(8)
+    ys = np.empty(8)
+    zs = np.empty(8)
     for p in range(n_prim):
         cx = prim_center[p, 0] - origin[0]
         cy = prim_center[p, 1] - origin[1]
@@ -231,24 +236,42 @@ def _column_lists(prim_center, prim_half, prim_cos_yaw, prim_sin_yaw, origin, ro
         if min_dist[p] > range_max:
             continue
         # corners in the sensor frame
-        xs = np.empty(8)
-        ys = np.empty(8)
         k = 0
         for s in range(4):
             ax = corner_sign[s, 0] * hx
             ay = corner_sign[s, 1] * hy
             wx = cx + prim_cos_yaw[p] * ax - prim_sin_yaw[p] * ay
             wy = cy + prim_sin_yaw[p] * ax + prim_cos_yaw[p] * ay
-            for zs in (-1.0, 1.0):
-                wz = cz + zs * hz
+            for z_sign in (-1.0, 1.0):
+                wz = cz + z_sign * hz
                 xs[k] = rot_world_to_sensor[0, 0] * wx + rot_world_to_sensor[0, 1] * wy + rot_world_to_sensor[0, 2] * wz
                 ys[k] = rot_world_to_sensor[1, 0] * wx + rot_world_to_sensor[1, 1] * wy + rot_world_to_sensor[1, 2] * wz
+                zs[k] = rot_world_to_sensor[2, 0] * wx + rot_world_to_sensor[2, 1] * wy + rot_world_to_sensor[2, 2] * wz
                 k += 1
         mx = 0.0
         my = 0.0
         for k in range(8):
             mx += xs[k]
             my += ys[k]
+        mx /= 8.0
+        my /= 8.0
+        # Elevation bounds: over the box, sensor-frame z lies in [z_min, z_max] (corners bound a linear
+        # function) and the distance from the sensor's z axis in [rho_min, rho_max] (centre +- the
+        # projected circumradius); elevation = atan2(z, rho) is then bounded by these extremes.
+        z_min = zs.min()
+        z_max = zs.max()
+        radius = 0.0
+        for k in range(8):
+            radius = max(radius, math.sqrt((xs[k] - mx) ** 2 + (ys[k] - my) ** 2))
+        rho_c = math.sqrt(mx * mx + my * my)
+        rho_min = max(0.0, rho_c - radius)
+        rho_max = rho_c + radius
+        el_hi = math.atan2(z_max, rho_min if z_max > 0.0 else rho_max)
+        el_lo = math.atan2(z_min, rho_min if z_min < 0.0 else rho_max)
+        ch_lo[p] = np.searchsorted(elevation, el_lo - 1e-9)
+        ch_hi[p] = np.searchsorted(elevation, el_hi + 1e-9) - 1
+        if ch_hi[p] < ch_lo[p]:
+            continue  # passes between two beams or outside the vertical field of view
         full = mx * mx + my * my < 1e-12
         a_min = 0.0
         a_max = 0.0
@@ -297,12 +320,12 @@ def _column_lists(prim_center, prim_half, prim_cos_yaw, prim_sin_yaw, origin, ro
             if start_col <= c < end_col:
                 indices[fill[c - start_col]] = p
                 fill[c - start_col] += 1
-    return offsets, indices, min_dist
+    return offsets, indices, min_dist, ch_lo, ch_hi
 
 
 @njit(cache=True, fastmath=False)
 def _cast(origin, rot_sensor_to_world, cos_el, sin_el, cos_az, sin_az, start_col, end_col,
-          offsets, indices, prim_min_dist, prim_center, prim_half, prim_cos_yaw, prim_sin_yaw, prim_material,
+          offsets, indices, prim_min_dist, prim_ch_lo, prim_ch_hi, prim_center, prim_half, prim_cos_yaw, prim_sin_yaw, prim_material,
           ground_z, ground_slope_x, ground_slope_y, range_min, range_max,
           noise_sigma, gauss_table, dropout, key, attenuation, reflectivity,
           out_range, out_intensity, out_prim):
@@ -335,6 +358,8 @@ def _cast(origin, rot_sensor_to_world, cos_el, sin_el, cos_az, sin_az, start_col
                 p = indices[m]
                 if prim_min_dist[p] >= best:
                     break
+                if ch < prim_ch_lo[p] or ch > prim_ch_hi[p]:
+                    continue
                 c, s = prim_cos_yaw[p], prim_sin_yaw[p]
                 px, py, pz = ox - prim_center[p, 0], oy - prim_center[p, 1], oz - prim_center[p, 2]
                 lx = c * px + s * py
@@ -509,8 +534,8 @@ class Lidar:
             material, label, actor_id = np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int64)
         cos_yaw, sin_yaw = np.cos(yaw), np.sin(yaw)
 
-        offsets, indices, min_dist = _column_lists(center, half, cos_yaw, sin_yaw, origin, np.ascontiguousarray(rot.T),
-                                         cfg.columns, start_col, end_col, cfg.range_max_m)
+        offsets, indices, min_dist, ch_lo, ch_hi = _column_lists(center, half, cos_yaw, sin_yaw, origin, np.ascontiguousarray(rot.T),
+                                         cfg.columns, start_col, end_col, cfg.range_max_m, self.elevation_rad)
         n_local = end_col - start_col
         # per-ray scratch reused between casts: fresh 0.5 MB arrays each frame cost page faults
         out_range = self._ray_range[:n_local]
@@ -518,7 +543,7 @@ class Lidar:
         out_prim = self._ray_prim[:n_local]
         key = np.uint64(self.rng.integers(0, 2**63, dtype=np.int64))
         _cast(origin, rot, self._cos_el, self._sin_el, self._cos_az, self._sin_az, start_col, end_col,
-              offsets, indices, min_dist, center, half, cos_yaw, sin_yaw, material,
+              offsets, indices, min_dist, ch_lo, ch_hi, center, half, cos_yaw, sin_yaw, material,
               ground_z, float(ground_slope[0]), float(ground_slope[1]), cfg.range_min_m, cfg.range_max_m,
               cfg.range_noise_sigma_m, self._gauss_table, cfg.dropout_probability, key, cfg.intensity_attenuation_per_m,
               self._reflectivity, out_range, out_intensity, out_prim)

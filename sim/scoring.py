@@ -22,7 +22,7 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -41,7 +41,7 @@ __all__ = [
     "ScoringVariant", "LB1", "LB2", "variant_by_name", "RouteScorer", "RouteResult", "RoutePath", "LaneSample",
     "StopLine", "StopSign", "InfractionEvent", "infraction_penalty", "route_record", "global_record",
     "results_json", "write_results_json", "scorer_from_hdmap", "hdmap_lane_lookup", "hdmap_stop_lines",
-    "hdmap_stop_signs",
+    "hdmap_light_centers", "hdmap_stop_signs",
 ]
 
 
@@ -599,16 +599,12 @@ def results_json(results: Sequence[RouteResult], sensors: Sequence | None = None
     """The whole Leaderboard results document (the checkpoint file)."""
     v = _check_same_variant(results)
     g = global_record(results)
-    if v.generation == 1:
-        s = g["scores"]
-        values = ["{:.3f}".format(x) for x in
-                  [s["score_composed"], s["score_route"], s["score_penalty"]] + [g["infractions"][k] for k in _VALUE_KEYS_1]]
-        labels = list(_LABELS_1)
-    else:
-        s = g["scores_mean"]
-        values = [str(x) for x in
-                  [s["score_composed"], s["score_route"], s["score_penalty"]] + [g["infractions"][k] for k in _VALUE_KEYS_2]]
-        labels = list(_LABELS_2)
+    scores = g["scores"] if v.generation == 1 else g["scores_mean"]
+    value_keys, labels = (_VALUE_KEYS_1, list(_LABELS_1)) if v.generation == 1 else (_VALUE_KEYS_2, list(_LABELS_2))
+    numbers = [scores["score_composed"], scores["score_route"], scores["score_penalty"]]
+    numbers += [g["infractions"][k] for k in value_keys]
+    # 1.0 writes '{:.3f}' strings, 2.0 str() of the already rounded numbers
+    values = ["{:.3f}".format(x) for x in numbers] if v.generation == 1 else [str(x) for x in numbers]
     entry_status = "Finished" if v.generation == 2 else (
         "Finished with agent errors" if any("Agent" in r.status for r in results) else "Finished")
     return {"_checkpoint": {"global_record": g, "progress": [len(results), len(results)],
@@ -663,13 +659,47 @@ def hdmap_lane_lookup(hdmap) -> LaneLookup:
     return lane_of
 
 
-def hdmap_stop_lines(hdmap) -> list[StopLine]:
-    """Traffic-light stop lines of an ``hdmap.HDMap`` (one per governed lane)."""
+def hdmap_stop_lines(hdmap, max_advance_m: float = 30.0) -> list[StopLine]:
+    """Traffic-light stop lines of an ``hdmap.HDMap``, one per governed lane, moved forward along
+    the lane to the junction entrance as CARLA's ``RunningRedLightTest`` moves each light's
+    waypoints ("advance them until the intersection"). A line that would move farther than
+    ``max_advance_m`` is dropped: it sits on a lane that leaves the junction rather than enters it."""
     out = []
     for light in hdmap.traffic_lights:
         for key, segment in light.stop_lines.items():
-            out.append(_stop_line_from_segment(hdmap, str(light.id), key, np.asarray(segment, dtype=np.float64)))
+            line = _junction_entrance(hdmap, str(light.id), key, np.asarray(segment, dtype=np.float64).mean(axis=0),
+                                      max_advance_m)
+            if line is not None:
+                out.append(line)
     return out
+
+
+def hdmap_light_centers(hdmap) -> dict:
+    """Light id -> (2,) gate point: the middle of the light's map stop lines (CARLA gates the red
+    light test on the light's trigger volume, which lies across the lanes at the signal)."""
+    return {str(tl.id): np.mean([np.asarray(seg).mean(axis=0) for seg in tl.stop_lines.values()], axis=0)
+            for tl in hdmap.traffic_lights if tl.stop_lines}
+
+
+def _junction_entrance(hdmap, signal_id: str, key, point: np.ndarray, max_advance_m: float) -> StopLine | None:
+    lane = hdmap.lanes[key]
+    i = int(np.argmin(np.linalg.norm(lane.centerline - point, axis=1)))
+    advanced = float(lane.length - lane.s[i])
+    seen = {key}
+    while True:
+        nxt = [k for k in lane.successors if k in hdmap.lanes]
+        if not nxt or any(hdmap.lanes[k].is_junction for k in nxt) or nxt[0] in seen:
+            break
+        lane = hdmap.lanes[nxt[0]]
+        seen.add(lane.key)
+        advanced += float(lane.length)
+        if advanced > max_advance_m:
+            return None
+    if advanced > max_advance_m or lane.is_junction:
+        return None
+    end, before = lane.centerline[-1], lane.centerline[-2]
+    return StopLine(signal_id, float(end[0]), float(end[1]), float(math.atan2(*(end - before)[::-1])),
+                    float(lane.width[-1]), lane.key)
 
 
 def hdmap_stop_signs(hdmap, depth_m: float = 3.0) -> list[StopSign]:
@@ -707,6 +737,7 @@ def scorer_from_hdmap(hdmap, route, variant: ScoringVariant = LB2, start_t: floa
     kwargs.setdefault("lane_of", hdmap_lane_lookup(hdmap))
     kwargs.setdefault("is_drivable", lambda p: bool(hdmap.is_drivable(p)[0]))
     kwargs.setdefault("stop_lines", hdmap_stop_lines(hdmap))
+    kwargs.setdefault("light_centers", hdmap_light_centers(hdmap))
     kwargs.setdefault("stop_signs", hdmap_stop_signs(hdmap))
     if getattr(route, "speed_limit", None) is not None and len(route.speed_limit) == len(route.path):
         kwargs.setdefault("speed_limit_mps", np.asarray(route.speed_limit, dtype=np.float64))

@@ -297,7 +297,9 @@ class Traffic:
         self._tls_ids = sorted({s.tls_id for s in self._signal_lanes})
         self._light_states, self._lights = None, []
         self._population_key, self._population = None, None
+        self._getters = _fast_getters(libsumo)
         self._ego_added = False
+        self._ego_routes = 0
         # No traffic yet: the caller places the ego first (set_ego, step) and then calls refill(),
         # so that SUMO inserts nobody on top of the ego.
 
@@ -422,33 +424,61 @@ class Traffic:
                 self._extend_route(vid)
         for pid in ts.person.getIDList():
             if ts.person.getRemainingStages(pid) <= 1:
-                last_edge = ts.person.getEdges(pid)[-1]
-                walk = self._walk_stages(last_edge, None)
-                if walk is not None:
-                    for stage in walk[2]:
+                try:
+                    walk = self._walk_stages(ts.person.getEdges(pid)[-1], None)
+                    for stage in walk[2] if walk is not None else ():
                         ts.person.appendStage(pid, stage)
+                except ts.TraCIException:
+                    pass  # this walker leaves at its destination and is re-spawned
         vehicles_now = ts.vehicle.getIDCount() - int(EGO_SUMO_ID in ts.vehicle.getIDList()) + len(ts.simulation.getPendingVehicles())
         for _ in range(self.config.vehicles - vehicles_now):
-            self._spawn_vehicle()
+            try:
+                self._spawn_vehicle()
+            except ts.TraCIException:
+                pass  # an unroutable draw: the next refill tries another
         for _ in range(self.config.pedestrians - ts.person.getIDCount()):
-            self._spawn_pedestrian()
+            try:
+                self._spawn_pedestrian()
+            except ts.TraCIException:
+                pass
 
     # --- ego -------------------------------------------------------------------------------------
 
     def set_ego(self, center_xy_map, yaw: float, speed: float, length: float) -> None:
-        """Place the ego (box centre, map frame) in SUMO so that traffic reacts to it."""
+        """Place the ego (box centre, map frame) in SUMO so that traffic reacts to it.
+
+        Off the network (farther than SUMO's matching distance from any lane) the ego is left out
+        of SUMO for that tick: traffic then cannot see it, but the world goes on."""
         ts = self._ts
         front = map_to_sumo_xy(center_xy_map, self.offset) + 0.5 * length * np.array([np.cos(yaw), np.sin(yaw)])
-        if not self._ego_added:
-            edge, _, _ = ts.simulation.convertRoad(float(front[0]), float(front[1]), False, "passenger")
-            ts.route.add("r_ego", [edge])
-            ts.vehicle.add(EGO_SUMO_ID, "r_ego", typeID="ego" if "ego" in ts.vehicletype.getIDList() else "DEFAULT_VEHTYPE",
-                           depart="now")
-            ts.vehicle.setSpeedMode(EGO_SUMO_ID, 0)
-            ts.vehicle.setLaneChangeMode(EGO_SUMO_ID, 0)
-            self._ego_added = True
-        ts.vehicle.moveToXY(EGO_SUMO_ID, "", -1, float(front[0]), float(front[1]), yaw_to_sumo_angle(yaw), keepRoute=2)
-        ts.vehicle.setSpeed(EGO_SUMO_ID, max(0.0, float(speed)))
+        if not self._ego_added and not self._add_ego(front):
+            return
+        angle = yaw_to_sumo_angle(yaw)
+        for attempt in range(2):
+            try:
+                ts.vehicle.moveToXY(EGO_SUMO_ID, "", -1, float(front[0]), float(front[1]), angle, keepRoute=2)
+                ts.vehicle.setSpeed(EGO_SUMO_ID, max(0.0, float(speed)))
+                return
+            except ts.TraCIException:
+                # Off the network (can't be mapped), or unknown to SUMO (then add it again, once).
+                if attempt or EGO_SUMO_ID in ts.vehicle.getIDList() or not self._add_ego(front):
+                    return
+
+    def _add_ego(self, front_sumo) -> bool:
+        ts = self._ts
+        try:
+            edge, _, _ = ts.simulation.convertRoad(float(front_sumo[0]), float(front_sumo[1]), False, "passenger")
+        except ts.TraCIException:
+            return False  # nowhere near a road
+        if f"r_ego{self._ego_routes}" not in ts.route.getIDList():
+            ts.route.add(f"r_ego{self._ego_routes}", [edge])
+        ts.vehicle.add(EGO_SUMO_ID, f"r_ego{self._ego_routes}",
+                       typeID="ego" if "ego" in ts.vehicletype.getIDList() else "DEFAULT_VEHTYPE", depart="now")
+        self._ego_routes += 1
+        ts.vehicle.setSpeedMode(EGO_SUMO_ID, 0)
+        ts.vehicle.setLaneChangeMode(EGO_SUMO_ID, 0)
+        self._ego_added = True
+        return True
 
     # --- stepping and reading --------------------------------------------------------------------
 
@@ -484,11 +514,10 @@ class Traffic:
                                 np.array([self._label.get(s, int(ObjectClass.VEHICLE)) for s in vids + key[1]],
                                          dtype=np.int32))
         vids, pids, sumo_ids, ids, size, label = self._population
-        v, p = ts.vehicle, ts.person
-        pos = np.array([v.getPosition3D(i) for i in vids] + [p.getPosition3D(i) for i in pids],
-                       dtype=np.float64).reshape(-1, 3)
-        yaw = sumo_angle_to_yaw(np.array([v.getAngle(i) for i in vids] + [p.getAngle(i) for i in pids]))
-        speed = np.array([v.getSpeed(i) for i in vids] + [p.getSpeed(i) for i in pids], dtype=np.float64)
+        f = self._getters
+        pos = np.array([f.v_pos(i) for i in vids] + [f.p_pos(i) for i in pids], dtype=np.float64).reshape(-1, 3)
+        yaw = sumo_angle_to_yaw(np.array([f.v_angle(i) for i in vids] + [f.p_angle(i) for i in pids]))
+        speed = np.array([f.v_speed(i) for i in vids] + [f.p_speed(i) for i in pids], dtype=np.float64)
         heading = np.stack([np.cos(yaw), np.sin(yaw)], -1)
         center = pos
         center[:, :2] -= self.offset + 0.5 * size[:, :1] * heading  # front bumper -> box centre
@@ -577,6 +606,21 @@ class Traffic:
         d = shape[i + 1] - shape[i]
         xy_map = sumo_to_map_xy(xy, self.offset)
         return float(xy_map[0]), float(xy_map[1]), float(np.arctan2(d[1], d[0]))
+
+
+def _fast_getters(libsumo):
+    """libsumo's per-actor getters. The SWIG module ``libsumo._libsumo`` takes the same arguments
+    as the documented wrappers without their Python layer, which is a third of the read-back time
+    for 200 actors; fall back to the documented API where it is missing."""
+    import types
+    raw = getattr(libsumo, "_libsumo", None)
+    names = {"v_pos": ("vehicle_getPosition3D", libsumo.vehicle.getPosition3D),
+             "v_angle": ("vehicle_getAngle", libsumo.vehicle.getAngle),
+             "v_speed": ("vehicle_getSpeed", libsumo.vehicle.getSpeed),
+             "p_pos": ("person_getPosition3D", libsumo.person.getPosition3D),
+             "p_angle": ("person_getAngle", libsumo.person.getAngle),
+             "p_speed": ("person_getSpeed", libsumo.person.getSpeed)}
+    return types.SimpleNamespace(**{k: getattr(raw, fast, None) or slow for k, (fast, slow) in names.items()})
 
 
 _RUNNING: list[Traffic | None] = [None]

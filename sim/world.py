@@ -90,7 +90,8 @@ class World:
             lidar_cfg = load_lidar_config(self.config.lidar_params) if self.config.lidar_params else load_lidar_config()
             self.lidar = SpinningLidar(Lidar(lidar_cfg, seed=self.seed), tick_s=self.config.dt)
             if self.config.scenery:
-                self.scenery = _load_scenery(map, self.seed)
+                self.scenery = load_scenery(map, self.seed)
+        self._flat_z = _flat_height(map)  # a flat map (Town01) needs no per-tick height lookup
         self.state: WorldState | None = None
         self.timing = {"traffic_s": 0.0, "lidar_s": 0.0, "lidar_frames": 0, "ticks": 0}
         self._tick = 0
@@ -98,6 +99,9 @@ class World:
     # --- ground height from the map ------------------------------------------------------------
 
     def ground_z(self, x: float, y: float) -> float:
+        """Road height under (x, y): the nearest lane's centre height from carla.Map."""
+        if self._flat_z is not None:
+            return self._flat_z
         carla_map = getattr(self.map, "carla_map", None)
         if carla_map is None:
             return 0.0
@@ -236,7 +240,16 @@ class World:
                           None if cloud is None else cloud.labels, self.ego_box(ego))
 
 
-def _load_scenery(map, seed: int = 0):
+def _flat_height(map) -> float | None:
+    """The road height if every lane of the map lies within 1 cm of one height, else None."""
+    lanes = getattr(map, "lanes", None)
+    if not lanes:
+        return None
+    z = np.concatenate([np.asarray(lane.z, dtype=np.float64).reshape(-1) for lane in lanes.values()])
+    return float(np.median(z)) if len(z) and float(z.max() - z.min()) < 0.01 else None
+
+
+def load_scenery(map, seed: int = 0):
     """Static scenery for the lidar (``sim.scenery.SceneryIndex``), if that module is present."""
     try:
         from sim import scenery
@@ -246,3 +259,6 @@ def _load_scenery(map, seed: int = 0):
     if builder is None:
         return None
     return builder.from_map(map, seed=seed) if hasattr(builder, "from_map") else None
+
+
+_load_scenery = load_scenery  # the name sim/collect.py imports

@@ -125,6 +125,21 @@ def test_readable_by_mcap_ros2_support(tmp_path):
     assert seen[TOPICS["tl"]].traffic_light_groups[0].traffic_light_group_id == 42
 
 
+def test_image_and_tf(tmp_path):
+    rgb = np.random.default_rng(1).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    with BagWriter(tmp_path / "bag") as bag:
+        bag.write_image("/sensing/camera/front/image_raw", rgb, 1.5, "camera_front")
+        bag.write_tf(EgoState(x=3.0, y=4.0, yaw=0.5, stamp=1.5))
+    reader = BagReader(tmp_path / "bag")
+    assert reader.topics["/tf"].type == "tf2_msgs/msg/TFMessage"
+    (_, t_ns, (image, stamp, frame)), = list(reader.read_values(["/sensing/camera/front/image_raw"]))
+    np.testing.assert_array_equal(image, rgb)
+    assert (t_ns, stamp, frame) == (1_500_000_000, 1.5, "camera_front")
+    (_, _, tf), = list(reader.messages(["/tf"]))
+    assert tf.transforms[0].child_frame_id == "base_link"
+    assert tf.transforms[0].transform.translation.x == 3.0
+
+
 def test_existing_path_is_refused_unless_overwrite(tmp_path):
     _write(tmp_path / "bag", n=1)
     with pytest.raises(UserError, match="already exists"):

@@ -113,3 +113,35 @@ def test_lane_change_is_costed_and_placed():
     assert len(alternative.lane_change_indices) <= 1
     if len(alternative.lane_change_indices) == 0:
         assert alternative.total_length > route.total_length
+
+
+def test_stop_lines_on_route(junction4):
+    route = junction4.route((-80.0, -1.75, 0.0), (1.75, 60.0, math.pi / 2))
+    (index, line), = junction4.stop_lines_on_route(route)
+    assert line.kind == "traffic_light" and line.lane == (3, 0, 1)
+    np.testing.assert_allclose(route.path[index], [-10.5, -1.75], atol=0.6)
+    beyond = junction4.route((-10.2, -1.75, 0.0), (1.75, 60.0, math.pi / 2))  # starts past the line
+    assert junction4.stop_lines_on_route(beyond) == []
+
+
+@needs_shared
+def test_lane_change_edges_follow_the_markings():
+    import carla
+
+    town = load_map("Town04", map_dirs=[MAPS])
+    allowed = forbidden = 0
+    for key, lane in town.lanes.items():
+        if lane.left is None:
+            continue
+        assert lane.left[2] * key[2] > 0 and lane.left[:2] == key[:2]  # same direction, same section
+        assert town.graph.has_edge(key, lane.left) == lane.lane_change_left
+        # The marking along most of the lane decides (a short solid stretch at a lane's end does not).
+        flags = [int(town.carla_map.get_waypoint_xodr(key[0], key[2], float(s)).lane_change) for s in lane.road_s[1:-1]]
+        marking_allows = np.mean([bool(f & int(carla.LaneChange.Left)) for f in flags]) >= 0.5 if flags else False
+        assert lane.lane_change_left == (marking_allows and not lane.is_junction)
+        if lane.lane_change_left:
+            allowed += 1
+            assert town.graph[key][lane.left]["kind"] == "lane_change"
+        else:
+            forbidden += 1
+    assert allowed > 20 and forbidden > 0

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from adstack.types import ObjectClass
-from perception.classical import ClassicalConfig, ClassicalDetector, fit_l_shapes, height_above_ground, load_config
+from perception.classical import (ClassicalConfig, ClassicalDetector, edge_fraction, fit_l_shapes, height_above_ground,
+                                  load_config, suppress_duplicates)
 
 RNG = np.random.default_rng(1)
 SENSOR_HEIGHT_M = 1.8
@@ -127,3 +128,22 @@ def test_config_file_matches_dataclass_defaults():
     assert load_config() == ClassicalConfig()
     with pytest.raises(ValueError):
         ClassicalConfig(ground_window_m=0.1).validate()
+
+
+def test_edge_fraction_tells_outline_from_blob():
+    outline = box_surface(0.0, 0.0, 4.0, 2.0, 0.2, 0.0)[:, :2]
+    blob = RNG.uniform([-2, -1], [2, 1], size=(400, 2))
+    xy = np.vstack([outline, blob])
+    counts = np.array([len(outline), len(blob)])
+    rect = np.array([[0, 0, 4, 2, 0], [0, 0, 4, 2, 0]], dtype=float)
+    on_outline, in_blob = edge_fraction(xy, counts, rect, 0.2)
+    assert on_outline == pytest.approx(1.0)
+    # A uniform blob: the share of a 4 x 2 rectangle within 0.2 m of its outline is 1 - 3.6 * 1.6 / 8.
+    assert in_blob == pytest.approx(1 - 3.6 * 1.6 / 8, abs=0.06)
+
+
+def test_suppress_duplicates_keeps_best_per_class():
+    xy = np.array([[0, 0], [0.5, 0], [0.4, 0.1], [10, 0]], dtype=float)
+    label = np.array([1, 1, 2, 1])
+    score = np.array([0.5, 0.9, 0.3, 0.1])
+    assert list(suppress_duplicates(xy, label, score, 1.0)) == [1, 2, 3]

@@ -272,3 +272,19 @@ def test_torchscript_export_gives_the_same_boxes(tmp_path):
     np.testing.assert_allclose(eager.size, scripted.size, rtol=1e-4)
     np.testing.assert_allclose(eager.score, scripted.score, atol=1e-5)
     np.testing.assert_array_equal(eager.label, scripted.label)
+
+
+def test_folded_batch_norms_compute_the_same_function():
+    config = small_config()
+    torch.manual_seed(2)
+    network = PillarCenterNet(config)
+    network.train()
+    points = [synthetic_scene(np.random.default_rng(7)).points]
+    with torch.no_grad():  # give the batch norms non-trivial running statistics
+        for _ in range(3):
+            network(*LidarDetector(config, network, device="cpu").voxelize(points), 1)
+    plain = LidarDetector(config, network, device="cpu", fuse=False).raw_outputs(points)
+    fused = LidarDetector(config, network, device="cpu", fuse=True).raw_outputs(points)
+    assert network.training  # the caller's network was copied, not switched to eval
+    for a, b in zip(plain, fused):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

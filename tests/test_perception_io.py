@@ -75,6 +75,16 @@ def test_missing_scan_and_hint(tmp_path):
     np.testing.assert_array_equal(load_scan(path, "nuscenes"), np.zeros((1, 4)))
 
 
+def test_nuscenes_scan_named_bin_is_caught(tmp_path):
+    # 20 points x 5 floats = 400 bytes, a multiple of 16 too: the ring column gives it away.
+    table = np.c_[RNG.normal(size=(20, 4)), np.arange(20) % 32].astype(np.float32)
+    path = tmp_path / "sweep.bin"
+    table.tofile(path)
+    with pytest.raises(UserError, match="looks like a nuScenes scan"):
+        load_scan(path)
+    np.testing.assert_array_equal(load_scan(path, "nuscenes"), table[:, :4])
+
+
 CALIB_IDENTITY_AXES = (
     # Velodyne (x fwd, y left, z up) -> camera (x right, y down, z fwd), no offset, R0 = identity.
     "R0_rect: 1 0 0 0 1 0 0 0 1\n"

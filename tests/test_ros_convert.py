@@ -114,6 +114,19 @@ def test_autoware_round_trips(factory):
                                                ("3", LightState.UNKNOWN)]
 
 
+@pytest.mark.parametrize("frame_id", ["m", "map", "base_lnk", "velodyne_top"])  # every start offset mod 8
+@pytest.mark.parametrize("n", [0, 1, 2, 9])
+@pytest.mark.parametrize("tracked", [False, True])
+def test_fast_objects_cdr_equals_the_serializer(frame_id, n, tracked):
+    rng = np.random.default_rng(n)
+    boxes = Boxes(rng.normal(size=(n, 3)) * 30, rng.uniform(0.5, 5, (n, 3)), rng.uniform(-4, 4, n),
+                  rng.integers(0, 5, n), rng.uniform(0, 1, n), rng.normal(size=(n, 2)) * np.array([[1], [0]] * 5)[:n],
+                  rng.integers(-1, 10**12, n), frame_id, 77.125)
+    convert = rc.tracked_objects_to_msg if tracked else rc.detected_objects_to_msg
+    msg = convert(boxes, ROSBAGS)
+    assert rc.objects_to_cdr(boxes, tracked, ROSBAGS.store) == bytes(ROSBAGS.store.serialize_cdr(msg, rc.msg_typename(msg)))
+
+
 def _same_cdr(build):
     """rclpy and rosbags must encode the same value the same way. Fast CDR leaves alignment
     padding bytes uninitialised, so compare after normalising rclpy's bytes through rosbags."""
@@ -143,6 +156,30 @@ def test_rclpy_and_rosbags_write_identical_cdr_autoware():
     _same_cdr(lambda f: rc.detected_objects_to_msg(boxes, f))
     _same_cdr(lambda f: rc.trajectory_to_msg(traj, f))
     _same_cdr(lambda f: rc.command_to_msg(Command(0.1, -1, 2), factory=f))
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_image_round_trip_and_bgr(factory):
+    rgb = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    msg = _cdr_roundtrip(rc.image_to_msg(rgb, 3.25, "cam_front", factory), factory)
+    back, stamp, frame = rc.image_from_msg(msg)
+    np.testing.assert_array_equal(back, rgb)
+    assert (stamp, frame) == (3.25, "cam_front")
+    bgr = rc.image_to_msg(rgb[:, :, ::-1], 0.0, factory=ROSBAGS)
+    bgr.encoding = "bgr8"
+    np.testing.assert_array_equal(rc.image_from_msg(bgr)[0], rgb)
+
+
+def test_malformed_image():
+    msg = rc.image_to_msg(np.zeros((4, 5, 3), np.uint8), 0.0, factory=ROSBAGS)
+    msg.encoding = "mono16"
+    with pytest.raises(rc.MalformedMessage, match="encoding"):
+        rc.image_from_msg(msg)
+    msg = rc.image_to_msg(np.zeros((4, 5, 3), np.uint8), 0.0, factory=ROSBAGS)
+    msg.data = msg.data[:-1]
+    with pytest.raises(rc.MalformedMessage) as err:
+        rc.image_from_msg(msg)
+    assert err.value.kind == "truncated"
 
 
 # ---------------------------------------------------------------------------------------------

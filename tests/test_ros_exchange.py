@@ -83,8 +83,9 @@ def _make_publisher_node(prefix: str, autoware: bool):
                 self.outputs += [
                     (self.create_publisher(DetectedObjects, f"{prefix}/detected", reliable_qos()),
                      rc.detected_objects_to_msg(boxes)),
+                    # serialized CDR from the numpy fast path: rclpy publishes bytes as they are
                     (self.create_publisher(TrackedObjects, f"{prefix}/tracked", reliable_qos()),
-                     rc.tracked_objects_to_msg(boxes)),
+                     rc.objects_to_cdr(boxes, tracked=True)),
                     (self.create_publisher(TrajectoryMsg, f"{prefix}/trajectory", reliable_qos()),
                      rc.trajectory_to_msg(traj)),
                     (self.create_publisher(Control, f"{prefix}/control", reliable_qos()), rc.command_to_msg(cmd)),

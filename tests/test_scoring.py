@@ -537,14 +537,25 @@ def test_red_light_from_a_lights_own_stop_geometry():
     assert e.to_dict()["position"] == [30.0, 0.0] and e.to_dict()["key"] == "red_light"
 
 
-def test_map_stop_line_takes_the_state_of_the_light_on_its_lane_and_is_not_doubled():
+def test_map_stop_line_takes_the_state_of_the_light_governing_its_lane():
     s = make(100.0, stop_lines=STOP_L1)
-    sig = [LaneSignal(id="J1:e0_0", state=LightState.RED, position=np.array([30.0, 0.0]), lanes=(("r", -1),),
-                      yaw=0.0, map_signal_id="L1"),
-           LaneSignal(id="J1:w0_0", state=LightState.GREEN, position=np.array([33.0, 3.5]), lanes=(("r", 1),),
-                      yaw=math.pi, map_signal_id="L9")]
-    drive(s, xs(20, 40), traffic_lights=sig)
+    plain = [TrafficLight(id="X7", state=LightState.RED, position=np.array([31.0, -3.0]), lanes=(("r", -1),)),
+             TrafficLight(id="L1", state=LightState.GREEN, position=np.array([31.0, -3.0]))]
+    drive(s, xs(20, 40), traffic_lights=plain)
     assert [e.message for e in s.result().infractions["red_light"]] == ["Agent ran a red light L1 at (x=30.0, y=0.0, z=0.0)"]
+
+
+def test_a_light_with_its_own_geometry_replaces_the_map_line_of_its_signal():
+    # the map puts L1's line at x = 30; the world's signal for L1 stands at x = 45 (junction entrance)
+    s = make(100.0, stop_lines=STOP_L1)
+    sig = [LaneSignal(id="J1:e0_0", state=LightState.RED, position=np.array([45.0, 0.0]), lanes=(("r", -1),),
+                      yaw=0.0, map_signal_id="L1"),
+           LaneSignal(id="J1:w0_0", state=LightState.RED, position=np.array([33.0, 3.5]), lanes=(("r", 1),),
+                      yaw=math.pi, map_signal_id="L9")]
+    drive(s, xs(20, 60), traffic_lights=sig)
+    (e,) = s.result().infractions["red_light"]
+    assert e.message == "Agent ran a red light J1:e0_0 at (x=45.0, y=0.0, z=0.0)"
+    assert e.t == pytest.approx((47 - 20) * 0.5)  # tail (x-3 .. x-1.6) first touches x = 45 at tick x = 47.5
 
 
 def test_wrong_direction_check_can_be_switched_off_in_lb2():

@@ -3,14 +3,13 @@
 Map ``junction4`` (built in): four 100 m arms around one signalised junction. The route runs west
 along lane (1,0,1) at y = 1.75 from x = 100, through the junction, to x = -100 (200 m, 201 points
 1 m apart, so route point i sits at x = 100 - i). Light 5000 governs lane (1,0,1); its stop line
-is at x = 10.5. The car is placed half-way between route points: tick i at x = 99.5 - i.
+is at x = 10.5, the junction entrance at x = 10. The car is placed half-way between route points: tick i at x = 99.5 - i.
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 
 pytest.importorskip("carla")
@@ -51,7 +50,8 @@ def test_stop_lines_come_from_the_map(junction):
     lines = {ln.light_id: ln for ln in hdmap_stop_lines(hdmap)}
     assert set(lines) == {"5000", "5001", "5002", "5003"}
     ln = lines["5000"]
-    assert ln.lane_key == (1, 0, 1) and (ln.x, ln.y) == pytest.approx((10.5, 1.75), abs=0.01)
+    # the map's line (x = 10.5) moved to the junction entrance, the end of lane (1,0,1) at x = 10
+    assert ln.lane_key == (1, 0, 1) and (ln.x, ln.y) == pytest.approx((10.0, 1.75), abs=0.01)
     assert ln.lane_width == pytest.approx(3.5) and math.cos(ln.yaw) == pytest.approx(-1.0, abs=1e-3)
 
 

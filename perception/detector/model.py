@@ -8,6 +8,7 @@ voxelizer runs on the device and the network runs in fp16.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from adstack.errors import DataError, UserError
 from adstack.types import Boxes
 from perception.detector.config import CODE_VERSION, DetectorConfig, config_from_dict, save_config
 from perception.detector.decode import decode, to_boxes
-from perception.detector.network import PillarCenterNet
+from perception.detector.network import PillarCenterNet, fuse_batch_norms
 from perception.voxelizer import Voxelizer
 from perception.voxelizer_torch import voxelize_hard_torch
 
@@ -103,13 +104,18 @@ class LidarDetector:
     """
 
     def __init__(self, config: DetectorConfig, network: torch.nn.Module | None = None, device: str = "auto",
-                 fp16: bool | None = None):
+                 fp16: bool | None = None, fuse: bool = True):
         self.config = config
         self.device = select_device(device)
         self.fp16 = (self.device.type == "cuda") if fp16 is None else fp16
         if self.device.type == "cpu" and config.torch_threads > 0:
             torch.set_num_threads(config.torch_threads)
         network = PillarCenterNet(config) if network is None else network
+        if isinstance(network, PillarCenterNet):
+            # A copy: the caller's network (perhaps mid-training) keeps its mode, dtype and batch norms.
+            network = copy.deepcopy(network).eval()
+            if fuse:
+                network = fuse_batch_norms(network)
         network = network.to(self.device).eval()
         self.network = network.half() if self.fp16 else network
         self.voxelizer = Voxelizer(config.voxel)

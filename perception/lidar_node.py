@@ -1,0 +1,100 @@
+"""Lidar detection node: PointCloud2 (sensor frame) in, DetectedObjects (map frame) out.
+
+Every cloud is validated at the boundary (field layout, truncation, NaN/Inf, empty, absurd size):
+a bad one is reported on /diagnostics (each kind logged once) and dropped, never fatal. Detections
+are placed in the map frame with the kinematic state nearest in time to the cloud's stamp.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from adstack.node import Diagnostics, StageTimer, declare_params, param_file, reliable_qos, run_node, sensor_qos
+from adstack.node_io import msg_class
+
+try:
+    from rclpy.node import Node
+except ImportError:
+    Node = object
+
+
+@dataclass
+class LidarNodeConfig:
+    enabled: bool = True  # false: the node runs but detects nothing (e.g. ground truth stands in)
+    model: str = "default"  # default (shipped learned model, else classical) | classical | a model directory
+    mount_x_m: float = 0.0
+    mount_y_m: float = 0.0
+    mount_z_m: float = 1.8
+    mount_yaw_rad: float = 0.0
+    max_points: int = 1_000_000  # more than this is garbage, not a sweep
+    max_pose_age_s: float = 0.2  # a cloud with no kinematic state this close in time is dropped
+
+
+class LidarDetectionNode(Node):
+    def __init__(self):
+        super().__init__("lidar_detector")
+        self.params = declare_params(self, LidarNodeConfig, param_file("perception", "lidar_node"))
+        self.diag = Diagnostics(self, "lidar detection")
+        self.timer = StageTimer(self)
+        self.poses = deque(maxlen=100)
+        self.last_stamp = None
+        self.perception = None
+        if self.params.enabled:
+            from perception.pipeline import LidarPerception, make_detector
+            p = self.params
+            self.perception = LidarPerception(make_detector(p.model), (p.mount_x_m, p.mount_y_m, p.mount_z_m,
+                                                                      p.mount_yaw_rad), track=False)
+        self.pub = self.create_publisher(msg_class("DetectedObjects"), "output/objects", reliable_qos())
+        self.create_subscription(msg_class("PointCloud2"), "input/pointcloud", self.on_cloud, sensor_qos())
+        self.create_subscription(msg_class("Odometry"), "input/kinematic_state", self.on_odometry, sensor_qos())
+
+    def on_odometry(self, msg) -> None:
+        from adstack.ros_convert import ego_from_odometry
+        try:
+            self.poses.append(ego_from_odometry(msg))
+        except Exception as exc:
+            self.diag.problem("malformed_odometry", f"{type(exc).__name__}: {exc}", level=2)
+
+    def on_cloud(self, msg) -> None:
+        from adstack.ros_convert import MalformedMessage, decode_pointcloud2, detected_objects_to_msg
+        if self.perception is None:
+            return
+        try:
+            cloud, dropped = decode_pointcloud2(msg, max_points=self.params.max_points, allow_empty=True,
+                                                topic="input/pointcloud")
+        except MalformedMessage as exc:
+            self.diag.problem(f"malformed_pointcloud.{exc.kind}", str(exc), level=2)
+            return
+        except Exception as exc:
+            self.diag.problem("malformed_pointcloud", f"{type(exc).__name__}: {exc}", level=2)
+            return
+        if dropped:
+            self.diag.problem("nonfinite_points", f"{dropped} NaN/Inf points dropped")
+        if self.last_stamp is not None and cloud.stamp <= self.last_stamp:
+            kind = "duplicate_stamp" if cloud.stamp == self.last_stamp else "out_of_order_stamp"
+            self.diag.problem(kind, f"cloud stamped {cloud.stamp:.3f} after {self.last_stamp:.3f}: dropped")
+            return
+        pose = min(self.poses, key=lambda e: abs(e.stamp - cloud.stamp), default=None)
+        if pose is None or abs(pose.stamp - cloud.stamp) > self.params.max_pose_age_s:
+            self.diag.problem("no_pose", "no kinematic state near the cloud's stamp: dropped")
+            return
+        self.last_stamp = cloud.stamp
+        with self.timer.measure(cloud.stamp):
+            if len(cloud) == 0:
+                from adstack.types import Boxes
+                boxes = Boxes(frame_id="map", stamp=cloud.stamp)
+                self.diag.problem("empty_cloud", "a cloud with no points: no detections")
+            else:
+                boxes = self.perception.detect(cloud, pose)
+        boxes.stamp = cloud.stamp
+        self.pub.publish(detected_objects_to_msg(boxes))
+        self.diag.set_value("detections", len(boxes))
+
+
+def main(args=None) -> int:
+    return run_node(LidarDetectionNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,353 @@
+"""The privileged expert on real maps (CARLA Town01, esmini fabriksgatan), in closed loop with
+control.Controller and sim/vehicle.py's bicycle (tests/kinematic_bicycle.py where that is missing).
+
+Actors and lights are scripted; every test checks an outcome in the world (where the ego's bumper
+ended up, the distance it kept), not the expert's internals.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from adstack.errors import DataError
+from adstack.paths import shared_data_dir
+from adstack.types import Boxes, EgoState, LightState, ObjectClass, TrafficLight
+from control import Controller, ControllerConfig, VehicleLimits
+from planning.expert import Expert
+from planning.expert_config import DEFAULT_PARAMS, ExpertConfig
+
+hdmap = pytest.importorskip("hdmap")
+MAPS = shared_data_dir() / "maps"
+DT = 0.05
+PLAN_EVERY = 2  # expert at 10 Hz, controller at 20 Hz
+
+
+def _vehicle():
+    """sim/vehicle.py's bicycle if it is there, else the test bicycle; both with the pose at the rear axle."""
+    try:
+        from sim.vehicle import BicycleModel, VehicleParams
+    except ImportError:
+        BicycleModel = None
+    if BicycleModel is not None:
+        params = VehicleParams()
+        limits = VehicleLimits(wheelbase_m=params.wheelbase, max_steer_rad=min(0.6, params.max_steer),
+                               max_steer_rate_rad_s=params.max_steer_rate, max_accel_mps2=params.max_accel,
+                               max_decel_mps2=params.max_decel, max_jerk_mps3=params.max_jerk)
+        model = BicycleModel(params)
+
+        class Car:
+            def reset(self, x, y, yaw, v):
+                model.reset(EgoState(x, y, yaw, v))
+
+            def state(self):
+                return model.state
+
+            def tick(self, cmd, dt):
+                model.step(cmd, dt)
+        return Car(), limits
+    from kinematic_bicycle import KinematicBicycle
+
+    class Car:
+        def reset(self, x, y, yaw, v):
+            self.m = KinematicBicycle(x, y, yaw, v)
+
+        def state(self):
+            return self.m.state()
+
+        def tick(self, cmd, dt):
+            self.m.tick(cmd, dt)
+    return Car(), VehicleLimits()
+
+
+@dataclass
+class Log:
+    t: list = field(default_factory=list)
+    s: list = field(default_factory=list)  # ego rear axle along the route
+    v: list = field(default_factory=list)
+    xy: list = field(default_factory=list)
+    yaw: list = field(default_factory=list)
+    lateral: list = field(default_factory=list)
+    reason: list = field(default_factory=list)
+    min_clearance: list = field(default_factory=list)  # from the ego box to the nearest actor box
+
+    def arrays(self):
+        return {k: np.asarray(v) for k, v in self.__dict__.items()}
+
+
+def ego_corners(x, y, yaw, cfg: ExpertConfig) -> np.ndarray:
+    front = cfg.ego.rear_axle_to_front_m
+    back = cfg.ego.length_m - front
+    b = Boxes(center=[[x + math.cos(yaw) * (front - back) / 2, y + math.sin(yaw) * (front - back) / 2, 0.0]],
+              size=[[cfg.ego.length_m, cfg.ego.width_m, 1.5]], yaw=[yaw], label=[1])
+    return b.corners_xy()[0]
+
+
+def box_clearance(a_corners: np.ndarray, boxes: Boxes) -> float:
+    """Smallest distance between the ego rectangle and any actor rectangle (0 when they overlap)."""
+    if len(boxes) == 0:
+        return math.inf
+    import shapely
+
+    ego = shapely.Polygon(a_corners)
+    return float(min(ego.distance(shapely.Polygon(c)) for c in boxes.corners_xy()))
+
+
+def closed_loop(expert: Expert, start, seconds: float, actors_fn=None, lights_fn=None, stop_when_done=True) -> dict:
+    car, limits = _vehicle()
+    ctrl = Controller(ControllerConfig(limits=limits))
+    car.reset(*start)
+    log = Log()
+    plan = None
+    for k in range(int(round(seconds / DT))):
+        t = k * DT
+        ego = car.state()
+        actors = actors_fn(t) if actors_fn else Boxes()
+        if k % PLAN_EVERY == 0:
+            plan = expert.step(ego, actors, lights_fn(t) if lights_fn else [], t)
+        cmd = ctrl.step(ego, plan, t)
+        log.t.append(t)
+        log.s.append(expert.debug.route_s)
+        log.v.append(ego.v)
+        log.xy.append((ego.x, ego.y))
+        log.yaw.append(ego.yaw)
+        log.lateral.append(expert.debug.lateral_m)
+        log.reason.append(expert.debug.reason)
+        log.min_clearance.append(box_clearance(ego_corners(ego.x, ego.y, ego.yaw, expert.config), actors))
+        car.tick(cmd, DT)
+        if stop_when_done and expert.done:
+            break
+    return log.arrays()
+
+
+@pytest.fixture(scope="module")
+def town01():
+    return hdmap.load_map(MAPS / "carla" / "Town01.xodr")
+
+
+@pytest.fixture(scope="module")
+def fabriksgatan():
+    return hdmap.load_map(MAPS / "esmini" / "fabriksgatan_traffic_lights.xodr")
+
+
+def straight_route(town01):
+    """Town01 road 15, lane -1: 307 m straight, heading -y."""
+    return town01.route((-2.0, -15.0, -math.pi / 2), (-2.0, -300.0, -math.pi / 2))
+
+
+def along_route(route, s, speed=0.0):
+    """Pose and velocity of something on the route at arc length s moving along it at ``speed``."""
+    x, y = np.interp(s, route.s, route.path[:, 0]), np.interp(s, route.s, route.path[:, 1])
+    yaw = float(np.interp(s, route.s, np.unwrap(route.yaw)))
+    return x, y, yaw, speed * np.array([math.cos(yaw), math.sin(yaw)])
+
+
+def light_at_lane_end(hdmap_, key, state, light_id="tl"):
+    """A light as sim.world reports it: at the incoming lane's stop line (its end), with the lane's yaw."""
+    lane = hdmap_.lanes[key]
+    light = TrafficLight(light_id, state, lane.centerline[-1].copy(), ((str(key[0]), key[2]),))
+    light.yaw = float(lane.heading[-1])
+    return light
+
+
+# ---------------------------------------------------------------------------------------------- tests
+def test_completes_a_leaderboard_route_without_actors(town01):
+    spec = hdmap.load_routes(shared_data_dir() / "routes" / "leaderboard1_routes_training.xml")[0]
+    route = hdmap.dense_route(town01, spec)
+    expert = Expert(town01, route)
+    log = closed_loop(expert, (route.path[0, 0], route.path[0, 1], route.yaw[0], 0.0), 200.0)
+    assert expert.done, f"stopped at {log['s'][-1]:.0f} of {route.total_length:.0f} m"
+    assert np.abs(log["lateral"]).max() < 1.0  # stayed in its lane through every junction turn
+    limit = np.interp(log["s"], route.s, route.speed_limit)
+    assert np.all(log["v"] <= limit + 0.5)  # obeyed the map's speed limits
+    assert log["t"][-1] < 1.3 * route.total_length / 11.176 + 30  # and did not dawdle
+
+
+@pytest.mark.parametrize("where", ["fabriksgatan", "town01"])
+def test_stops_before_a_red_light_and_goes_on_green(where, town01, fabriksgatan):
+    if where == "fabriksgatan":
+        m, key = fabriksgatan, (3, 0, -1)
+        route = m.route((-60.0, -17.0, None), tuple(m.lanes[(2, 0, 1)].centerline[40]) + (None,))
+    else:
+        m, key = town01, (4, 0, -1)
+        lane = m.lanes[key]
+        after = m.lanes[m.lanes[lane.successors[0]].successors[0]]
+        route = m.route((lane.centerline[150][0], lane.centerline[150][1], 0.0), tuple(after.centerline[30]) + (None,))
+    green_at = 30.0
+    lights = lambda t: [light_at_lane_end(m, key, LightState.RED if t < green_at else LightState.GREEN)]
+    expert = Expert(m, route)
+    stop_line = m.lanes[key].centerline[-1]
+    line_s = float(route.s[np.argmin(np.hypot(*(route.path - stop_line).T))])
+    log = closed_loop(expert, (route.path[0, 0], route.path[0, 1], route.yaw[0], 8.0), 60.0, lights_fn=lights)
+    front = log["s"] + expert.config.ego.rear_axle_to_front_m
+    red = log["t"] < green_at
+    assert front[red].max() < line_s, "the bumper crossed the stop line on red"
+    assert line_s - front[red][-1] < 4.0  # stopped close to the line, not far back
+    assert log["v"][red][-20:].max() < 0.05  # standing
+    assert log["reason"][red][-1].startswith("red_light")
+    assert front.max() > line_s + 20.0  # went on after green
+
+
+def test_goes_through_a_yellow_light_it_cannot_stop_for(town01):
+    key = (4, 0, -1)
+    lane = town01.lanes[key]
+    after = town01.lanes[town01.lanes[lane.successors[0]].successors[0]]
+    route = town01.route((lane.centerline[190][0], lane.centerline[190][1], 0.0), tuple(after.centerline[30]) + (None,))
+    # At 11 m/s, 12 m from the line, stopping would take 5 m/s^2: more than a yellow light deserves.
+    expert = Expert(town01, route)
+    stop_line = lane.centerline[-1]
+    line_s = float(route.s[np.argmin(np.hypot(*(route.path - stop_line).T))])
+    start = float(line_s - expert.config.ego.rear_axle_to_front_m - 12.0)
+    x, y, yaw, _ = along_route(route, start)
+    expert2 = Expert(town01, route)
+    log = closed_loop(expert2, (x, y, yaw, 11.0), 6.0,
+                      lights_fn=lambda t: [light_at_lane_end(town01, key, LightState.YELLOW)])
+    assert (log["s"] + expert2.config.ego.rear_axle_to_front_m).max() > line_s + 5.0  # did not brake in the box
+    assert not any(r.startswith("yellow_light") for r in log["reason"])  # (it slows for the turn only)
+
+
+def test_follows_a_slower_leader_at_a_safe_gap(town01):
+    route = straight_route(town01)
+    expert = Expert(town01, route)
+    lead_speed, lead_start = 5.0, 40.0
+
+    def actors(t):
+        x, y, yaw, vel = along_route(route, lead_start + lead_speed * t, lead_speed)
+        return Boxes(center=[[x, y, 0.75]], size=[[4.6, 1.9, 1.5]], yaw=[yaw], label=[ObjectClass.VEHICLE],
+                     velocity=[vel], ids=[7])
+
+    log = closed_loop(expert, (route.path[0, 0], route.path[0, 1], route.yaw[0], 10.0), 35.0, actors_fn=actors)
+    assert log["min_clearance"].min() > 2.0  # never closer than 2 m, bumper to bumper
+    late = log["t"] > 25.0
+    assert np.abs(log["v"][late] - lead_speed).max() < 0.3  # settled to the leader's speed
+    gap = log["min_clearance"][late]
+    idm = expert.config.idm
+    assert np.all(gap > idm.min_gap_vehicle_m + 0.5 * idm.time_headway_s * lead_speed)
+    assert np.all(gap < idm.min_gap_vehicle_m + 2.0 * idm.time_headway_s * lead_speed + 3.0)
+    assert all(r == "leader:7" for r in log["reason"][late])
+
+
+def test_stops_for_a_stopped_leader_and_waits(town01):
+    route = straight_route(town01)
+    expert = Expert(town01, route)
+    x, y, yaw, _ = along_route(route, 60.0)
+    standing = Boxes(center=[[x, y, 0.75]], size=[[4.6, 1.9, 1.5]], yaw=[yaw], label=[ObjectClass.VEHICLE], ids=[3])
+    log = closed_loop(expert, (route.path[0, 0], route.path[0, 1], route.yaw[0], 11.0), 30.0,
+                      actors_fn=lambda t: standing)
+    assert log["min_clearance"].min() > 2.0
+    assert log["min_clearance"][-1] < 6.0  # queued up behind it
+    assert log["v"][-40:].max() < 0.05
+
+
+@pytest.mark.parametrize("side", [-1.0, 1.0], ids=["from_right", "from_left"])
+def test_yields_to_a_pedestrian_crossing_its_path(town01, side):
+    route = straight_route(town01)
+    expert = Expert(town01, route)
+    cross_s, walk_speed = 45.0, 1.4
+    x0, y0, yaw, _ = along_route(route, cross_s)
+    left = np.array([-math.sin(yaw), math.cos(yaw)])
+    start = np.array([x0, y0]) + side * 6.0 * left  # on the pavement, 6 m beside the lane centre
+    walk = -side * walk_speed * left  # straight across the road
+
+    def actors(t):
+        p = start + walk * t
+        return Boxes(center=[[p[0], p[1], 0.9]], size=[[0.5, 0.5, 1.8]], yaw=[math.atan2(walk[1], walk[0])],
+                     label=[ObjectClass.PEDESTRIAN], velocity=[walk], ids=[42])
+
+    log = closed_loop(expert, (route.path[0, 0], route.path[0, 1], route.yaw[0], 10.0), 25.0, actors_fn=actors)
+    assert log["min_clearance"].min() > 1.0, "came within 1 m of the pedestrian"
+    assert any(r == "yield:42" or r == "in_path:42" for r in log["reason"])
+    assert log["s"][-1] > cross_s + 20.0  # went on once the pedestrian had crossed
+
+
+def test_waits_for_a_pedestrian_standing_in_the_lane(town01):
+    route = straight_route(town01)
+    expert = Expert(town01, route)
+    x, y, yaw, _ = along_route(route, 50.0)
+    moves_at = 20.0
+
+    def actors(t):
+        # Stands on the lane centre, then walks off to the right at 1.4 m/s.
+        offset = max(t - moves_at, 0.0) * 1.4
+        p = np.array([x, y]) + offset * np.array([math.sin(yaw), -math.cos(yaw)])
+        vel = [0.0, 0.0] if t < moves_at else list(1.4 * np.array([math.sin(yaw), -math.cos(yaw)]))
+        return Boxes(center=[[p[0], p[1], 0.9]], size=[[0.5, 0.5, 1.8]], yaw=[0.0], label=[ObjectClass.PEDESTRIAN],
+                     velocity=[vel], ids=[5])
+
+    log = closed_loop(expert, (route.path[0, 0], route.path[0, 1], route.yaw[0], 10.0), 40.0, actors_fn=actors)
+    assert log["min_clearance"].min() > 2.0
+    waiting = (log["t"] > 12.0) & (log["t"] < moves_at)
+    assert log["v"][waiting].max() < 0.05
+    assert log["s"][-1] > 80.0  # went on after the pedestrian left
+
+
+def test_yields_to_a_vehicle_crossing_at_a_junction(fabriksgatan):
+    """Ego goes straight through fabriksgatan's junction; a car crosses from the right without stopping."""
+    m = fabriksgatan
+    route = m.route((-60.0, -17.0, None), tuple(m.lanes[(1, 0, -1)].centerline[10]) + (None,))
+    expert = Expert(m, route)
+    # The crossing car drives lane (0,0,1) -> junction lane (9,0,-1) -> (2,0,1): from the south, across.
+    path = np.vstack([m.lanes[(0, 0, 1)].centerline, m.lanes[(9, 0, -1)].centerline, m.lanes[(2, 0, 1)].centerline])
+    s_path = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(path, axis=0).T))])
+    entry = float(s_path[len(m.lanes[(0, 0, 1)].centerline) - 1])
+    speed = 6.0
+
+    def actors(t):
+        s = entry - 45.0 + speed * t  # reaches the junction ~7.5 s in, about when the ego would
+        x, y = np.interp(s, s_path, path[:, 0]), np.interp(s, s_path, path[:, 1])
+        yaw = float(np.interp(s, s_path, np.unwrap(np.arctan2(*np.gradient(path, axis=0).T[::-1]))))
+        return Boxes(center=[[x, y, 0.75]], size=[[4.6, 1.9, 1.5]], yaw=[yaw], label=[ObjectClass.VEHICLE],
+                     velocity=[[speed * math.cos(yaw), speed * math.sin(yaw)]], ids=[9])
+
+    start_s = float(route.s[np.argmin(np.hypot(*(route.path - m.lanes[(3, 0, -1)].centerline[-1]).T))]) - 50.0
+    x, y, yaw, _ = along_route(route, max(start_s, 0.0))
+    log = closed_loop(expert, (x, y, yaw, 8.0), 30.0, actors_fn=actors)
+    assert log["min_clearance"].min() > 1.0
+    assert expert.done or log["s"][-1] > route.total_length - 5.0
+
+
+def test_ignores_oncoming_and_parallel_traffic(town01):
+    """Cars in the opposite lane and passing pedestrians on the pavement do not slow the ego."""
+    route = straight_route(town01)
+    expert = Expert(town01, route)
+
+    def actors(t):
+        xs, ys, yaw, _ = along_route(route, 150.0 - 8.0 * t)
+        left = np.array([-math.sin(yaw), math.cos(yaw)])
+        car = np.array([xs, ys]) + 4.0 * left  # the lane to the left, driving towards us
+        ped = np.array(along_route(route, 30.0 + 1.2 * t)[:2]) - 4.5 * left  # walking along the right pavement
+        fwd = np.array([math.cos(yaw), math.sin(yaw)])
+        return Boxes(center=[[car[0], car[1], 0.75], [ped[0], ped[1], 0.9]], size=[[4.6, 1.9, 1.5], [0.5, 0.5, 1.8]],
+                     yaw=[yaw + math.pi, yaw], label=[ObjectClass.VEHICLE, ObjectClass.PEDESTRIAN],
+                     velocity=[-8.0 * fwd, 1.2 * fwd], ids=[1, 2])
+
+    log = closed_loop(expert, (route.path[0, 0], route.path[0, 1], route.yaw[0], 10.0), 12.0, actors_fn=actors)
+    assert log["v"][log["t"] > 3.0].min() > 9.5
+    assert set(log["reason"]) <= {"free", "route_end"}
+
+
+def test_step_is_robust_to_bad_inputs(town01):
+    route = straight_route(town01)
+    expert = Expert(town01, route)
+    ego = EgoState(route.path[3, 0], route.path[3, 1], route.yaw[3], 5.0)
+    for actors in (None, Boxes(), Boxes(center=[[np.nan, 0, 0]], size=[[4, 2, 1.5]], yaw=[0.0], label=[1])):
+        traj = expert.step(ego, actors, None, 0.0)
+        assert len(traj) > 10 and np.all(np.isfinite(traj.points))
+    # Far off the route (e.g. after a crash): still a finite plan back along the route.
+    lost = EgoState(route.path[50, 0] + 30.0, route.path[50, 1], route.yaw[50], 0.0)
+    assert np.all(np.isfinite(expert.step(lost, None, [], 1.0).points))
+
+
+def test_params_file_loads_and_rejects_bad_values(tmp_path):
+    cfg = ExpertConfig.load(DEFAULT_PARAMS)
+    assert cfg.idm.time_headway_s > 0
+    bad = tmp_path / "bad.param.yaml"
+    bad.write_text("expert:\n  ros__parameters:\n    idm:\n      time_headwy_s: 1.0\n")
+    with pytest.raises(DataError, match="unknown parameter"):
+        ExpertConfig.load(bad)
+    bad.write_text("expert:\n  ros__parameters:\n    profile_step_s: 2.0\n")
+    with pytest.raises(DataError, match="profile_step_s"):
+        ExpertConfig.load(bad)
