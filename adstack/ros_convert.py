@@ -888,3 +888,46 @@ def from_msg(msg, typename: str | None = None):
     """The adstack value of a message of a known type, else ``None``."""
     convert = FROM_MSG.get(typename or msg_typename(msg))
     return None if convert is None else convert(msg)
+
+
+# --------------------------------------------------------------------------------------------
+# Benchmark (``adstack bench`` can call it)
+
+
+def benchmark(n_points: int = 120_000, n_objects: int = 100, repeats: int = 20) -> dict:
+    """Median milliseconds of the boundary conversions on this machine (rclpy parts if importable)."""
+    import time
+
+    def median_ms(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return round(1e3 * float(np.median(times)), 3)
+
+    rng = np.random.default_rng(0)
+    cloud = PointCloud(rng.normal(size=(n_points, 4)).astype(np.float32))
+    boxes = Boxes(rng.normal(size=(n_objects, 3)), np.ones((n_objects, 3)), np.zeros(n_objects),
+                  np.ones(n_objects), ids=np.arange(n_objects))
+    rosbags = RosbagsFactory()
+    tracked_name = "autoware_perception_msgs/msg/TrackedObjects"
+    tracked_msg = tracked_objects_to_msg(boxes, rosbags)
+    out = {
+        "points": n_points, "objects": n_objects,
+        "pointcloud_to_rosbags_cdr_ms": median_ms(
+            lambda: rosbags.store.serialize_cdr(pointcloud_to_msg(cloud, rosbags), "sensor_msgs/msg/PointCloud2")),
+        "pointcloud_from_msg_ms": median_ms(lambda: decode_pointcloud2(pointcloud_to_msg(cloud, rosbags))),
+        "tracks_to_cdr_fast_ms": median_ms(lambda: objects_to_cdr(boxes, True, rosbags.store)),
+        "tracks_to_rosbags_cdr_ms": median_ms(
+            lambda: rosbags.store.serialize_cdr(tracked_objects_to_msg(boxes, rosbags), tracked_name)),
+        "tracks_from_msg_ms": median_ms(lambda: boxes_from_objects(tracked_msg)),
+    }
+    try:
+        msg = pointcloud_to_msg(cloud)
+        out["pointcloud_to_rclpy_ms"] = median_ms(lambda: pointcloud_to_msg(cloud))
+        out["pointcloud_from_rclpy_ms"] = median_ms(lambda: decode_pointcloud2(msg))
+        out["tracks_to_rclpy_ms"] = median_ms(lambda: tracked_objects_to_msg(boxes))
+    except ImportError:
+        pass
+    return out

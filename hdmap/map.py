@@ -149,12 +149,14 @@ def _left_normals(heading: np.ndarray) -> np.ndarray:
 class HDMap:
     """A loaded map. Build it with ``load_map``; everything in right-handed coordinates."""
 
-    def __init__(self, name: str, xodr_path: Path, carla_map, road_types: dict, params: HDMapParams | None = None):
+    def __init__(self, name: str, xodr_path: Path, carla_map, road_types: dict, params: HDMapParams | None = None,
+                 road_sections: dict | None = None):
         self.name = name
         self.xodr_path = Path(xodr_path)
         self.carla_map = carla_map
         self.params = params or HDMapParams()
         self._road_types = road_types
+        self._road_sections = road_sections or {}  # road id -> [section start s..., road length]
         self.lanes: dict[LaneKey, Lane] = {}
         self._explicit_speed: set = set()
         self._build_lanes()
@@ -189,12 +191,20 @@ class HDMap:
             starts.setdefault(kb, b)
             if kb not in successors[ka]:
                 successors[ka].append(kb)
-        # Lanes that appear in no topology pair (isolated): start them from their first waypoint.
+        # Lanes in no topology pair (a road without links): start them where their section begins
+        # in their driving direction. (``previous_until_lane_start`` would segfault there.)
         for w in self.carla_map.generate_waypoints(spacing):
             k = _key(w)
             if k not in starts:
-                first = w.previous_until_lane_start(spacing)
-                starts[k] = first[-1] if first and _key(first[-1]) == k else w
+                bounds = self._road_sections.get(k[0])
+                start = None
+                if bounds is not None and k[1] + 1 < len(bounds):
+                    lo, hi = bounds[k[1]], bounds[k[1] + 1]
+                    for start_s in ((lo, lo + 1e-3) if k[2] < 0 else (hi, hi - 1e-3)):
+                        start = self.carla_map.get_waypoint_xodr(k[0], k[2], start_s)
+                        if start is not None:
+                            break
+                starts[k] = start if start is not None and _key(start) == k else w
 
         driving = carla.LaneType.Driving
         for key, start in starts.items():
@@ -515,10 +525,11 @@ _SPEED_UNITS = {"m/s": 1.0, "km/h": KMH, "mph": 0.44704}
 _LOADED: dict[tuple, HDMap] = {}
 
 
-def _read_xodr(path: Path) -> tuple[str, dict]:
+def _read_xodr(path: Path) -> tuple[str, dict, dict]:
     """Check a .xodr before CARLA sees it (carla.Map may crash or return nothing on garbage).
 
-    Returns its text and, per road id, [(s, road type, speed m/s or None)] from ``<type>``.
+    Returns its text; per road id, [(s, road type, speed m/s or None)] from ``<type>``; per road
+    id, its lane sections' start s followed by the road length.
     """
     if not path.is_file():
         raise UserError("map file not found", path)
@@ -535,10 +546,14 @@ def _read_xodr(path: Path) -> tuple[str, dict]:
     roads = root.findall("road")
     if not roads:
         raise DataError("OpenDRIVE file has no <road> elements", path)
+    _check_structure(root, path)
     road_types: dict[int, list] = {}
+    road_sections: dict[int, list] = {}
     for road in roads:
         try:
             road_id = int(road.get("id"))
+            road_sections[road_id] = sorted(float(sec.get("s")) for sec in road.findall("lanes/laneSection")) + [
+                float(road.get("length"))]
             entries = []
             for t in road.findall("type"):
                 speed = t.find("speed")
@@ -549,7 +564,73 @@ def _read_xodr(path: Path) -> tuple[str, dict]:
         except (TypeError, ValueError) as exc:
             raise DataError(f"bad road id or <type> in road {road.get('id')!r}: {exc}", path) from None
         road_types[road_id] = sorted(entries, key=lambda e: e[0])
-    return text, road_types
+    return text, road_types, road_sections
+
+
+_GEOMETRY_ATTRS = {"line": (), "arc": ("curvature",), "spiral": ("curvStart", "curvEnd"), "poly3": ("a", "b", "c", "d"),
+                   "paramPoly3": ("aU", "bU", "cU", "dU", "aV", "bV", "cV", "dV")}
+
+
+def _check_structure(root, path: Path) -> None:
+    """Reject the structural faults that make carla.Map crash the process or misread silently
+    (found by feeding it broken files: a road without <planView> segfaults, a lane section
+    without <center> raises from generate_waypoints, non-numeric coordinates read as 0)."""
+
+    def number(elem, attr, where):
+        value = elem.get(attr)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: <{elem.tag}> {attr}={value!r} is not a number", path) from None
+
+    road_ids = {road.get("id") for road in root.findall("road")}
+    junction_ids = {junction.get("id") for junction in root.findall("junction")}
+    for junction in root.findall("junction"):
+        for connection in junction.findall("connection"):
+            for attr in ("incomingRoad", "connectingRoad"):
+                if connection.get(attr) not in road_ids:
+                    raise DataError(f"junction {junction.get('id')!r}: {attr} {connection.get(attr)!r} does not exist", path)
+    seen = set()
+    for road in root.findall("road"):
+        where = f"road {road.get('id')!r}"
+        if road.get("id") in seen:
+            raise DataError(f"{where}: duplicate road id", path)
+        seen.add(road.get("id"))
+        if number(road, "length", where) <= 0.0:
+            raise DataError(f"{where}: length must be positive", path)
+        geometries = road.findall("planView/geometry")
+        if not geometries:
+            raise DataError(f"{where}: no <planView><geometry>", path)
+        for geometry in geometries:
+            for attr in ("s", "x", "y", "hdg", "length"):
+                number(geometry, attr, where)
+            shape = next((child for child in geometry if child.tag in _GEOMETRY_ATTRS), None)
+            if shape is None:
+                raise DataError(f"{where}: a <geometry> has none of {sorted(_GEOMETRY_ATTRS)}", path)
+            for attr in _GEOMETRY_ATTRS[shape.tag]:
+                number(shape, attr, where)
+        for link in road.findall("link/*"):
+            if link.tag in ("predecessor", "successor"):
+                kind, target = link.get("elementType", "road"), link.get("elementId")
+                if (kind == "road" and target not in road_ids) or (kind == "junction" and target not in junction_ids):
+                    raise DataError(f"{where}: {link.tag} {kind} {target!r} does not exist", path)
+        if road.get("junction", "-1") != "-1" and road.get("junction") not in junction_ids:
+            raise DataError(f"{where}: junction {road.get('junction')!r} does not exist", path)
+        sections = road.findall("lanes/laneSection")
+        if not sections:
+            raise DataError(f"{where}: no <lanes><laneSection>", path)
+        for section in sections:
+            number(section, "s", where)
+            if section.find("center") is None:
+                raise DataError(f"{where}: a <laneSection> has no <center> lane", path)
+            for side in ("left", "right"):
+                for lane in section.findall(f"{side}/lane"):
+                    widths = lane.findall("width") or lane.findall("border")
+                    if not widths:
+                        raise DataError(f"{where}: lane {lane.get('id')!r} has no <width>", path)
+                    for width in widths:
+                        for attr in ("sOffset", "a", "b", "c", "d"):
+                            number(width, attr, where)
 
 
 def _resolve(name_or_path: str | os.PathLike, map_dirs) -> Path:
@@ -595,12 +676,12 @@ def load_map(name_or_path: str | os.PathLike, map_dirs=(), params: HDMapParams |
     cache_key = (str(path), stat.st_size, stat.st_mtime_ns)
     if params is None and cache_key in _LOADED:
         return _LOADED[cache_key]
-    text, road_types = _read_xodr(path)
+    text, road_types, road_sections = _read_xodr(path)
     try:
         carla_map = carla.Map(path.stem, text)
-    except RuntimeError as exc:
-        raise DataError(f"carla.Map could not parse the OpenDRIVE: {exc}", path) from None
-    hdmap = HDMap(path.stem, path, carla_map, road_types, params)
+        hdmap = HDMap(path.stem, path, carla_map, road_types, params, road_sections)
+    except (RuntimeError, IndexError) as exc:  # CARLA's C++ checks surface as these
+        raise DataError(f"carla.Map could not use the OpenDRIVE: {exc}", path) from None
     if params is None:
         _LOADED[cache_key] = hdmap
     return hdmap

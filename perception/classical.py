@@ -1,29 +1,36 @@
 """Classical lidar detector: ground removal, BEV clustering, L-shape boxes, size-based classes.
 
 A fallback when no learned model is loaded and a yardstick for the learned one. Every step works on
-whole arrays; the per-cluster box search is one numba kernel.
+whole arrays; the per-cluster searches are numba kernels; Python loops run over boxes, never points.
 
 1. Ground: the lowest point in each ``ground_cell_m`` cell, then a grey-scale morphological opening
    (min filter, then max filter) over ``ground_window_m``, the max filter reading only cells that
-   hold returns. Opening removes anything narrower than the window (cars, people, poles: their cells
-   hold no ground return, only the object's underside) and reproduces planes and slopes exactly, so
-   sloped roads stay ground. Points more than
-   ``ground_clearance_m`` above that surface are obstacles, up to ``max_obstacle_height_m``.
+   hold returns (an empty cell is often the shadow behind an object). Opening removes anything
+   narrower than the window (cars, people, poles: their cells hold no ground return, only the
+   object's underside) and reproduces planes and slopes exactly, so sloped roads stay ground. Points
+   more than ``ground_clearance_m`` above that surface are obstacles, up to ``max_obstacle_height_m``.
 2. Clusters: obstacle points rasterised on a ``cluster_cell_m`` BEV grid, grown by
    ``cluster_dilation_cells`` (sparse far returns), connected components (8-neighbour).
 3. Boxes: for each cluster, the rectangle orientation maximising the closeness criterion of
    Zhang et al. 2017, "Efficient L-Shape Fitting for Vehicle Detection Using Laser Scanners": points
-   near two perpendicular edges, the visible sides of a car. Boxes seen from one side are grown to
-   the class's typical size away from the sensor, since the hidden sides are behind the visible ones.
-4. Classes from footprint and height above ground; walls, buildings, vegetation, kerbs and poles
-   (too long, too wide, too flat, too thin) are rejected. The score says how close the box is to the
-   class's typical size and how many points support it.
+   near two perpendicular edges, the visible sides of a car. Boxes smaller than the class's typical
+   size are grown to it away from the sensor, since the hidden sides are behind the visible ones; a
+   lone thin line as long as a car is wide is taken for a vehicle seen end-on.
+4. Classes from footprint and height above ground; walls, buildings, kerbs and poles (too long, too
+   wide, too flat, too thin) are rejected, and vehicles need most of their points on the box outline
+   (``vehicle_min_edge_fraction``), which filled blobs of vegetation lack. The score multiplies size
+   likeness, point support for the range, and that outline share.
+5. Clusters too big for any class have their dominant line (a wall, fence or hedge the object
+   touches) stripped and are clustered again, ``wall_strip_passes`` times, keeping vehicles only.
+   Same-class boxes closer than ``duplicate_fraction`` x the typical length are one object.
+
+Headings come from the box outline, so they are known modulo pi (front and back look alike).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numba
@@ -31,6 +38,7 @@ import numpy as np
 from scipy import ndimage
 
 from adstack.config import load_params
+from adstack.errors import DataError
 from adstack.types import Boxes, ObjectClass
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config" / "classical.param.yaml"
@@ -49,7 +57,7 @@ class ClassicalConfig:
     cluster_cell_m: float = 0.2
     cluster_dilation_cells: int = 1
     wall_strip_passes: int = 2            # passes that strip wall lines off too-big clusters (0: off)
-    duplicate_distance_m: float = 1.0     # same-class boxes closer than this: keep the best
+    duplicate_fraction: float = 0.4       # same-class centres closer than this x typical length: one object
     min_cluster_points: int = 5
     edge_band_m: float = 0.2              # "on the outline" for the edge-fraction test
     max_cluster_points: int = 20000
@@ -83,6 +91,9 @@ class ClassicalConfig:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("wall_strip_passes", "duplicate_fraction", "cluster_dilation_cells", "min_cluster_points"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.ground_window_m < self.ground_cell_m:
             raise ValueError("ground_window_m must be at least ground_cell_m")
         for name in ("vehicle", "pedestrian", "cyclist"):
@@ -96,7 +107,12 @@ class ClassicalConfig:
 
 
 def load_config(path: str | Path | None = None) -> ClassicalConfig:
-    return load_params(ClassicalConfig, path or DEFAULT_CONFIG).validate()
+    """Parameters from a ``*.param.yaml`` (default: config/classical.param.yaml), checked."""
+    path = Path(path or DEFAULT_CONFIG)
+    try:
+        return load_params(ClassicalConfig, path).validate()
+    except (ValueError, TypeError) as err:
+        raise DataError(str(err), path) from None
 
 
 class ClassicalDetector:
@@ -105,6 +121,11 @@ class ClassicalDetector:
     def __init__(self, config: ClassicalConfig | None = None):
         self.config = (config or load_config()).validate()
         self.last_timing_ms: dict[str, float] = {}
+        # Same-class centres closer than this fraction of the class's typical length: one object.
+        self._duplicate_distance = {int(ObjectClass.VEHICLE): self.config.vehicle_typical_lwh_m[0],
+                                    int(ObjectClass.PEDESTRIAN): self.config.pedestrian_typical_lwh_m[0],
+                                    int(ObjectClass.CYCLIST): self.config.cyclist_typical_lwh_m[0]}
+        self._duplicate_distance = {k: v * self.config.duplicate_fraction for k, v in self._duplicate_distance.items()}
 
     def detect(self, points: np.ndarray, frame_id: str = "lidar", stamp: float = 0.0) -> Boxes:
         cfg = self.config
@@ -119,15 +140,15 @@ class ClassicalDetector:
         t2 = time.perf_counter()
         found = self._classify_clusters(obs, cluster)
         # Further passes: a cluster too big for any class is often a vehicle touching a wall, fence or
-        # hedge. Strip each such cluster's busiest rectangle edge (the wall line), cluster the rest
-        # again, and keep the pieces that are vehicles. Walls and buildings stay rejected.
+        # hedge. Strip each such cluster's dominant line (the wall), cluster the rest again, and keep
+        # the pieces that are vehicles. Walls and buildings stay rejected.
         remaining = found.pop("leftover_points")
         for _ in range(cfg.wall_strip_passes):
             if not remaining.any():
                 break
             sub = _Obstacles(obs.xyz[remaining], obs.height[remaining])
-            pieces = self._classify_clusters(sub, cluster_bev(sub.xyz, cfg.range_m, cfg.cluster_cell_m,
-                                                              cfg.cluster_dilation_cells))
+            # No growing here: the gap left by the stripped wall is narrow.
+            pieces = self._classify_clusters(sub, cluster_bev(sub.xyz, cfg.range_m, cfg.cluster_cell_m, 0))
             next_remaining = np.zeros_like(remaining)
             next_remaining[np.flatnonzero(remaining)[pieces.pop("leftover_points")]] = True
             remaining = next_remaining
@@ -136,7 +157,7 @@ class ClassicalDetector:
             found = {k: np.concatenate([found[k], pieces[k]]) for k in found}
         keep = found["label"] > 0
         found = {k: v[keep] for k, v in found.items()}
-        keep = suppress_duplicates(found["center"][:, :2], found["label"], found["score"], cfg.duplicate_distance_m)
+        keep = suppress_duplicates(found["center"][:, :2], found["label"], found["score"], self._duplicate_distance)
         t3 = time.perf_counter()
         self.last_timing_ms = {"ground": 1e3 * (t1 - t0), "cluster": 1e3 * (t2 - t1), "boxes": 1e3 * (t3 - t2),
                                "total": 1e3 * (t3 - t0)}
@@ -177,7 +198,7 @@ class ClassicalDetector:
         too_big = (label == 0) & ((length > cfg.vehicle_length_m[1]) | (width > cfg.vehicle_width_m[1])
                                   | (length >= cfg.wall_aspect * np.maximum(width, 0.05) + 1.0))
         in_big = np.repeat(too_big, counts)
-        off_edge = ~on_busiest_edge(xyz[:, :2], counts, rect, cfg.edge_band_m)
+        off_edge = ~on_dominant_line(xyz[:, :2], counts, rect, cfg.edge_band_m)
         leftover_points = np.zeros(len(cluster), dtype=bool)
         leftover_points[point_index[in_big & off_edge]] = True
         return {"center": np.stack([cx_c, cy_c, bottom_z + top / 2], 1), "size": np.stack([length_c, width_c, top], 1),
@@ -192,18 +213,22 @@ class _Obstacles:
         self.height = height
 
 
-def suppress_duplicates(xy: np.ndarray, label: np.ndarray, score: np.ndarray, distance_m: float) -> np.ndarray:
-    """Indices of boxes kept after dropping any box whose centre lies within ``distance_m`` of a
-    better-scored box of the same class (pieces of one object found twice)."""
-    if len(xy) == 0 or distance_m <= 0:
+def suppress_duplicates(xy: np.ndarray, label: np.ndarray, score: np.ndarray, distance_m) -> np.ndarray:
+    """Indices of boxes kept after dropping any box whose centre lies within the class's distance
+    (``distance_m``: a number, or a dict class -> metres) of a better-scored box of the same class:
+    pieces of one object found twice."""
+    if len(xy) == 0:
         return np.arange(len(xy))
     order = np.argsort(-score, kind="stable")
+    label = label[order]
+    limit = (np.array([distance_m.get(int(c), 0.0) for c in label]) if isinstance(distance_m, dict)
+             else np.full(len(label), float(distance_m)))
     dist = np.linalg.norm(xy[order, None, :] - xy[None, order, :], axis=-1)
-    same = label[order][:, None] == label[order][None, :]
+    same = label[:, None] == label[None, :]
     suppressed = np.zeros(len(order), dtype=bool)
     for i in range(len(order)):       # loop over boxes (tens), not points
         if not suppressed[i]:
-            suppressed[i + 1:] |= (dist[i, i + 1:] < distance_m) & same[i, i + 1:]
+            suppressed[i + 1:] |= (dist[i, i + 1:] < limit[i]) & same[i, i + 1:]
     return np.sort(order[~suppressed])
 
 
@@ -350,18 +375,40 @@ def edge_fraction(xy: np.ndarray, counts: np.ndarray, rect: np.ndarray, band_m: 
     return np.add.reduceat(near, starts) / counts
 
 
-def on_busiest_edge(xy: np.ndarray, counts: np.ndarray, rect: np.ndarray, band_m: float) -> np.ndarray:
-    """Per point, whether it lies within ``band_m`` of the edge of its cluster's rectangle that holds
-    the most points: for a vehicle parked against a wall, the wall."""
-    per_point = np.repeat(rect, counts, axis=0)
-    c, s = np.cos(per_point[:, 4]), np.sin(per_point[:, 4])
-    dx, dy = xy[:, 0] - per_point[:, 0], xy[:, 1] - per_point[:, 1]
-    u, v = dx * c + dy * s, -dx * s + dy * c
-    half_l, half_w = per_point[:, 2] / 2, per_point[:, 3] / 2
-    near = np.stack([half_l - u, u + half_l, half_w - v, v + half_w], 1) <= band_m   # front, back, left, right
-    starts = np.r_[0, np.cumsum(counts)[:-1]]
-    busiest = np.argmax(np.add.reduceat(near.astype(np.int64), starts, axis=0), axis=1)
-    return near[np.arange(len(xy)), np.repeat(busiest, counts)]
+def on_dominant_line(xy: np.ndarray, counts: np.ndarray, rect: np.ndarray, band_m: float) -> np.ndarray:
+    """Per point, whether it lies within ``band_m`` of the line, parallel to one of its cluster's
+    rectangle axes, that holds the most points: for a vehicle parked against a wall, the wall."""
+    starts = np.r_[0, np.cumsum(counts)[:-1]].astype(np.int64)
+    return _dominant_line_kernel(np.ascontiguousarray(xy, dtype=np.float64), starts, counts.astype(np.int64),
+                                 np.ascontiguousarray(rect), band_m)
+
+
+@numba.njit(cache=True)
+def _dominant_line_kernel(xy, starts, counts, rect, band_m):
+    on_line = np.zeros(xy.shape[0], dtype=np.bool_)
+    bin_m = band_m
+    for k in range(starts.shape[0]):
+        s, m = starts[k], counts[k]
+        c, sn = np.cos(rect[k, 4]), np.sin(rect[k, 4])
+        best_count, best_axis, best_centre = -1, 0, 0.0
+        for axis in range(2):
+            half = (rect[k, 2] if axis == 1 else rect[k, 3]) / 2 + bin_m
+            n_bins = int(2 * half / bin_m) + 1
+            hist = np.zeros(n_bins, dtype=np.int64)
+            for i in range(s, s + m):
+                dx, dy = xy[i, 0] - rect[k, 0], xy[i, 1] - rect[k, 1]
+                coord = -dx * sn + dy * c if axis == 0 else dx * c + dy * sn   # axis 0: lines along the length
+                b = int((coord + half) / bin_m)
+                if 0 <= b < n_bins:
+                    hist[b] += 1
+            for b in range(n_bins):
+                if hist[b] > best_count:
+                    best_count, best_axis, best_centre = hist[b], axis, (b + 0.5) * bin_m - half
+        for i in range(s, s + m):
+            dx, dy = xy[i, 0] - rect[k, 0], xy[i, 1] - rect[k, 1]
+            coord = -dx * sn + dy * c if best_axis == 0 else dx * c + dy * sn
+            on_line[i] = abs(coord - best_centre) <= band_m
+    return on_line
 
 
 def _classify(cx, cy, length, width, yaw, height, counts, edge, cfg: ClassicalConfig):

@@ -15,7 +15,7 @@ signed ``lateral`` offset), and a footprint counts as *in the path* when the ego
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -41,6 +41,9 @@ class ActorObstacles:
     kind: np.ndarray
     ids: np.ndarray
     label: np.ndarray
+    # Arc lengths of pedestrians standing or walking at the kerb beside the path, ahead: pass them
+    # slowly, they may step out (a SUMO pedestrian waiting at a crossing starts at full speed).
+    caution_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @staticmethod
     def empty() -> "ActorObstacles":
@@ -132,6 +135,11 @@ def actor_obstacles(actors: Boxes | None, route: RouteView, window: slice, ego_x
         out_kind.append(np.full(len(rows), KIND_CROSSING))
         out_idx.append(rows)
 
+    kerb = (is_ped & ~now & ~in_path[:, 1:].any(axis=1) & ~beyond[:, 0]
+            & (np.abs(lateral[:, 0]) < half_corridor + ac.kerb_zone_m)
+            & (along[:, 0] > s_front) & (along[:, 0] < s_front + ac.kerb_lookahead_m))
+    caution_s = along[kerb, 0]
+
     idx = np.concatenate(out_idx).astype(np.int64)
     label = a.label[idx].astype(np.int64)
     min_gap = np.where(label == int(ObjectClass.PEDESTRIAN), config.idm.min_gap_pedestrian_m,
@@ -139,7 +147,7 @@ def actor_obstacles(actors: Boxes | None, route: RouteView, window: slice, ego_x
     if relaxed:
         min_gap = np.where(label == int(ObjectClass.PEDESTRIAN), min_gap, RELAXED_MIN_GAP_M)
     return ActorObstacles(np.concatenate(out_s), np.concatenate(out_v), min_gap, np.concatenate(out_kind).astype(np.int64),
-                          a.ids[idx], label)
+                          a.ids[idx], label, caution_s)
 
 
 def _dist2(points: np.ndarray, path: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 from adstack.types import Boxes, EgoState, TrafficLight, Trajectory
 from planning.actors import KIND_CROSSING, KIND_LEADER, KIND_STANDING, actor_obstacles
 from planning.expert_config import ExpertConfig
+from planning.lane_change import LaneChanges
 from planning.route_view import RouteView
 from planning.signals import StopSigns, light_stop_lines
 from planning.speed_profile import simulate
@@ -47,6 +48,7 @@ class Expert:
         self.config = config or ExpertConfig()
         self.route = RouteView(hdmap, route, self.config)
         self.stop_signs = StopSigns(self.route, self.config)
+        self.lane_changes = LaneChanges(hdmap, self.route)
         self.debug = ExpertDebug()
         self._last_t: float | None = None
         self._stuck_s = 0.0  # seconds stopped behind actors
@@ -75,9 +77,12 @@ class Expert:
         window = slice(max(i - 2, 0), min(i_end + 1, len(route.s)))
 
         # Standing constraints: lights, stop signs, the route's end (the front may pass it a little).
-        stop_s, stop_why = light_stop_lines(traffic_lights, route, window, s_front, v, cfg)
+        stop_s, stop_why = light_stop_lines(traffic_lights, route, window, s_front, rear, v, cfg)
         sign_s, sign_why = self.stop_signs.stop_lines(s_front, v, t)
         stop_s, stop_why = stop_s + sign_s, stop_why + sign_why
+        for s_hold in self.lane_changes.hold_lines(actors, ego_xy, v, s_ego, s_front, cfg.ego.length_m):
+            stop_s.append(s_hold)
+            stop_why.append(f"lane_change_gap:{s_hold:.0f}")
         stop_s.append(route.length + front + 1.0)
         stop_why.append("route_end")
 
@@ -102,8 +107,16 @@ class Expert:
         creep = cfg.creep_speed_mps if relaxed else math.inf
         env_s, env_v = route.s, route.speed_envelope
 
+        # Slow down (pre-braked at the envelope's rate) to pass pedestrians at the kerb.
+        kerb = [float(x) for x in np.sort(obstacles.caution_s)[:3]]
+        kerb_v2, kerb_b = cfg.actors.kerb_speed_mps ** 2, 2.0 * cfg.speed.envelope_decel_mps2
+
         def desired_speed(s_front_query: float) -> float:
-            return min(float(np.interp(s_front_query - front, env_s, env_v)), creep)
+            v_des = min(float(np.interp(s_front_query - front, env_s, env_v)), creep)
+            for s_k in kerb:
+                if s_front_query < s_k + 2.0:
+                    v_des = min(v_des, math.sqrt(kerb_v2 + kerb_b * max(s_k - s_front_query, 0.0)))
+            return v_des
 
         t_sim, s_sim, v_sim, accel, which = simulate(
             v, s_front, s_obs, v_obs, gaps, desired_speed, cfg.idm, cfg.profile_step_s, cfg.profile_duration_s,

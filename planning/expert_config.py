@@ -55,6 +55,9 @@ class ActorConfig:
     yield_time_margin_s: float = 2.0
     parallel_heading_rad: float = 0.5  # vehicles this aligned (or anti-aligned) with the path are lane traffic
     moving_speed_mps: float = 0.5  # below this an actor counts as standing still
+    kerb_zone_m: float = 2.0  # pedestrians this close to the corridor's edge ...
+    kerb_lookahead_m: float = 25.0  # ... and this far ahead at most ...
+    kerb_speed_mps: float = 4.0  # ... are passed at most this fast
 
 
 @dataclass
@@ -62,6 +65,7 @@ class SignalConfig:
     match_lateral_m: float = 2.5  # a light's stop line this close to the route counts as the route's
     match_heading_rad: float = 0.8
     yellow_max_decel_mps2: float = 4.0  # on yellow: stop if this decel suffices, else go
+    hold_over_line_max_speed_mps: float = 3.0  # bumper over the line on red: hold if slower than this
     map_stop_line_lookback_m: float = 10.0  # a map stop line up to this far before the light's is used
     stop_sign_wait_s: float = 1.0  # standing still this long at a stop sign, then go
     stop_sign_stopped_mps: float = 0.05

@@ -40,6 +40,7 @@ class RouteView:
         self.tangent = np.stack([np.cos(self.yaw), np.sin(self.yaw)], -1)
         self.normal = np.stack([-self.tangent[:, 1], self.tangent[:, 0]], -1)
         self.lane_keys = list(getattr(route, "lane_keys", None) or [None] * len(path))
+        self.lane_change_indices = np.asarray(getattr(route, "lane_change_indices", []), dtype=np.int64)
         limit = getattr(route, "speed_limit", None)
         limit = np.full(len(path), 13.9) if limit is None else np.asarray(limit, dtype=np.float64)
         self.speed_limit = limit

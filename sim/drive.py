@@ -112,7 +112,11 @@ def load_route(opts: DriveOptions):
     if opts.map_name and Path(opts.map_name).stem != spec.town and opts.map_name != spec.town:
         raise UserError(f"route {spec.id} is on {spec.town}, not on --map {opts.map_name}", opts.routes)
     hdmap = load_map(opts.map_name or spec.town, map_dirs=opts.map_dirs)
-    route = dense_route(hdmap, spec)
+    try:
+        route = dense_route(hdmap, spec)
+    except UserError as err:  # name the route file and id: the map itself is fine
+        problem = str(err).split(": ", 1)[-1] if err.path else str(err)
+        raise UserError(f"route {spec.id} cannot be driven on {hdmap.name}: {problem}", opts.routes) from None
     return spec, hdmap, route
 
 
@@ -167,6 +171,23 @@ def drive(opts: DriveOptions) -> tuple[dict, int, object]:
         raise
 
 
+LOG_BAG_DIR = ".log.bag"
+
+
+def single_file_log(bag_dir: Path, target: Path) -> Path:
+    """Move the rosbag2 directory's one MCAP file to ``target`` (what Foxglove, rosbags and
+    mcap-ros2-support open directly) and drop the directory."""
+    import shutil
+    files = sorted(bag_dir.glob("*.mcap"))
+    if len(files) != 1:
+        raise RuntimeError(f"expected one .mcap file in {bag_dir}, found {len(files)}")
+    if target.is_dir():
+        shutil.rmtree(target)
+    files[0].replace(target)
+    shutil.rmtree(bag_dir)
+    return target
+
+
 class RouteSession:
     """The world side of a scored drive: world, scorer, log and result, stepped by commands.
 
@@ -209,7 +230,7 @@ class RouteSession:
                                             ego_center_offset_m=self.vehicle.center_offset)
             if opts.log:
                 from adstack.bag import BagWriter
-                self.writer = BagWriter(out / "log.mcap", overwrite=True)
+                self.writer = BagWriter(out / LOG_BAG_DIR, overwrite=True)
                 self.writer.write_json(topics.ROUTE, {"route_id": spec.id, "town": spec.town,
                                                       "path": np.round(route.path, 3)}, self.state.t)
         except BaseException:
@@ -220,8 +241,8 @@ class RouteSession:
     def done(self) -> bool:
         return self.scorer.done or self.state.t >= self.limit_s - 1e-9
 
-    def log_plan(self, trajectory: Trajectory, objects: Boxes | None = None) -> None:
-        if self.writer is not None:
+    def log_plan(self, trajectory: Trajectory | None, objects: Boxes | None = None) -> None:
+        if self.writer is not None and trajectory is not None:
             self.writer.write_trajectory(topics.TRAJECTORY, trajectory, self.state.t)
 
     def step(self, command: Command, detections: Boxes | None = None):
@@ -266,6 +287,7 @@ class RouteSession:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+            single_file_log(self.out / LOG_BAG_DIR, self.out / "log.mcap")
 
     def finish(self, extra: dict | None = None):
         """Close everything, write result.json and bev.png; returns (result dict, RouteResult)."""

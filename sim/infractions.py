@@ -243,7 +243,8 @@ class RoutePath:
         seg_idx = np.clip(np.searchsorted(vert_s, s, side="right") - 1, 0, len(seg_len) - 1)
         pts = np.stack([np.interp(s, vert_s, xy[:, 0]), np.interp(s, vert_s, xy[:, 1])], axis=1)
         tangent = seg_dir[seg_idx]
-        keys = None if lane_keys is None else [lane_keys[i] for i in seg_idx]
+        keys = None if lane_keys is None else (
+            [lane_keys[i] for i in seg_idx] if resample else list(lane_keys))
         seg2 = np.diff(pts, axis=0)
         accum = np.concatenate([[0.0], np.cumsum(np.hypot(seg2[:, 0], seg2[:, 1]))])
         return cls(pts, tangent, accum, keys, kept_index[seg_idx] if resample else kept_index)
@@ -253,10 +254,10 @@ class RoutePath:
         dx, dy = x - self.xy[index, 0], y - self.xy[index, 1]
         return dx * self.tangent[index, 0] + dy * self.tangent[index, 1] > 0.0
 
-    def advance(self, index: int, window: int, x: float, y: float, start_offset: int = 0) -> int:
-        """Last point of ``index+start_offset .. index+window`` that the car is ahead of, else ``index``."""
+    def advance(self, index: int, window: int, x: float, y: float) -> int:
+        """Last point of ``index .. index+window`` that the car is ahead of, else ``index``."""
         new = index
-        for i in range(index + start_offset, min(index + window + 1, len(self))):
+        for i in range(index, min(index + window + 1, len(self))):
             if self.passed(i, x, y):
                 new = i
         return new
@@ -503,7 +504,8 @@ class CollisionMonitor:
     one within 3 m of any remembered collision spot (forgotten once the car is 5 m away).
     LB2: the same actor within 5 s, or within 5 m of the last collision spot, is ignored, and so is
     any contact while the car moves slower than 0.1 m/s (not its fault).
-    Map scenery reports id 0, which is never remembered as 'the last actor' (as in CARLA).
+    Map scenery reports id 0, which is never remembered as 'the last actor' (as in CARLA); nor are
+    unknown ids (< 0).
     Typing: vehicle (and bicycle) -> collisions_vehicle, pedestrian -> collisions_pedestrian,
     static -> collisions_layout; unknown classes are ignored like CARLA's other type ids.
     """
@@ -535,7 +537,7 @@ class CollisionMonitor:
             self.spots.append((x, y))
         else:
             self.spots = [(x, y)]
-        if other_id != 0:
+        if other_id > 0:  # 0: map scenery (CARLA), < 0: unknown id; neither is remembered
             self.last_id = other_id
         if typed is None:
             return None

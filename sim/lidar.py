@@ -42,6 +42,7 @@ DEFAULT_PARAMS = Path(__file__).resolve().parent / "config" / "lidar.param.yaml"
 
 GAUSS_TABLE_SIZE = 1 << 16  # must match the 16-bit index mask in _cast
 GROUND_LABEL = 0  # ground points carry label 0 (ObjectClass.UNKNOWN's value) and actor id -1
+STATIC_LABEL = int(ObjectClass.STATIC)
 
 # Material indices into the reflectivity table built from LidarConfig.
 MAT_ASPHALT, MAT_PAINT, MAT_GLASS, MAT_PERSON, MAT_METAL, MAT_BUILDING, MAT_RETRO = range(7)
@@ -141,59 +142,120 @@ def sensor_pose_from_ego(ego: EgoState, config: LidarConfig) -> tuple[float, flo
 # ----------------------------------------------------------------------------------------------
 # Shapes: boxes -> primitive boxes with a material
 
+# Thresholds of scenery_material (metres).
+SIGN_PLATE_MAX_THICKNESS_M = 0.12
+POST_MAX_FOOTPRINT_M = 0.6
+POST_MIN_HEIGHT_M = 1.5
+
+
+@njit(cache=True, fastmath=False)
+def _scenery_material_one(length, width, height):
+    if min(length, width) <= SIGN_PLATE_MAX_THICKNESS_M:
+        return MAT_RETRO
+    if max(length, width) <= POST_MAX_FOOTPRINT_M:
+        return MAT_METAL if height >= POST_MIN_HEIGHT_M else MAT_PAINT
+    return MAT_BUILDING
+
+
 def scenery_material(size: np.ndarray) -> np.ndarray:
     """Material of scenery boxes from their (N,3) size: thin plates are retro-reflective signs,
     slender posts are metal poles, small boxes are light housings (paint), the rest buildings."""
     size = np.asarray(size, dtype=np.float64).reshape(-1, 3)
-    footprint_min = np.minimum(size[:, 0], size[:, 1])
-    footprint_max = np.maximum(size[:, 0], size[:, 1])
+    footprint_min, footprint_max = size[:, :2].min(axis=1), size[:, :2].max(axis=1)
+    post = footprint_max <= POST_MAX_FOOTPRINT_M
     material = np.full(size.shape[0], MAT_BUILDING, dtype=np.int32)
-    material[(footprint_max <= 0.6) & (size[:, 2] < 1.5)] = MAT_PAINT
-    material[(footprint_max <= 0.6) & (size[:, 2] >= 1.5)] = MAT_METAL
-    material[footprint_min <= 0.12] = MAT_RETRO
+    material[post & (size[:, 2] >= POST_MIN_HEIGHT_M)] = MAT_METAL
+    material[post & (size[:, 2] < POST_MIN_HEIGHT_M)] = MAT_PAINT
+    material[footprint_min <= SIGN_PLATE_MAX_THICKNESS_M] = MAT_RETRO  # same order as the kernel
     return material
 
 
-def _part(boxes: Boxes, mask, x_offset_frac, length_frac, width_frac, z_lo_frac, z_hi_frac, material,
-          width_max_m=np.inf):
-    """One primitive per box in ``mask``: a sub-box along the box's own axes, as fractions of its size."""
-    center, size, yaw = boxes.center[mask], boxes.size[mask], boxes.yaw[mask]
-    length, width, height = size[:, 0], size[:, 1], size[:, 2]
-    bottom = center[:, 2] - height / 2
-    dx = x_offset_frac * length
-    out_center = np.stack([center[:, 0] + np.cos(yaw) * dx, center[:, 1] + np.sin(yaw) * dx,
-                           bottom + height * (z_lo_frac + z_hi_frac) / 2], axis=1)
-    out_half = np.stack([length * length_frac / 2, np.minimum(width * width_frac, width_max_m) / 2,
-                         height * (z_hi_frac - z_lo_frac) / 2], axis=1)
-    n = out_center.shape[0]
-    return (out_center, out_half, yaw, np.full(n, material, np.int32), boxes.label[mask], boxes.ids[mask])
+# Per-class shapes: each row one primitive box cut from the actor's box, along its own axes, as
+# fractions of its size: label, x offset (of length), length, width, bottom, top (of height),
+# material, cap on the width (m). Every part stays inside the box, so box labels stay exact.
+SHAPE_PARTS = np.array([
+    # vehicle: body over the whole footprint up to 55 % of the height, a cabin set back on top
+    [ObjectClass.VEHICLE, 0.0, 1.0, 1.0, 0.0, 0.55, MAT_PAINT, np.inf],
+    [ObjectClass.VEHICLE, -0.08, 0.55, 0.9, 0.55, 1.0, MAT_GLASS, np.inf],
+    # pedestrian: narrower legs, then torso and head
+    [ObjectClass.PEDESTRIAN, 0.0, 0.8, 0.6, 0.0, 0.47, MAT_PERSON, np.inf],
+    [ObjectClass.PEDESTRIAN, 0.0, 1.0, 1.0, 0.47, 1.0, MAT_PERSON, np.inf],
+    # cyclist: a thin bicycle over the whole length, a rider above its middle
+    [ObjectClass.CYCLIST, 0.0, 1.0, 1.0, 0.0, 0.6, MAT_METAL, 0.16],
+    [ObjectClass.CYCLIST, -0.05, 0.45, 0.8, 0.35, 1.0, MAT_PERSON, 0.5],
+], dtype=np.float64)
 
 
-def actor_primitives(actors: Boxes):
-    """Per-class shapes of actors: (center, half_size, yaw, material, label, actor_id) arrays."""
-    label = actors.label
-    vehicle, pedestrian, cyclist = (label == ObjectClass.VEHICLE), (label == ObjectClass.PEDESTRIAN), (label == ObjectClass.CYCLIST)
-    other = ~(vehicle | pedestrian | cyclist)
-    parts = [
-        # vehicle: body over the whole footprint up to 55 % of the height, cabin set back on top
-        _part(actors, vehicle, 0.0, 1.0, 1.0, 0.0, 0.55, MAT_PAINT),
-        _part(actors, vehicle, -0.08, 0.55, 0.9, 0.55, 1.0, MAT_GLASS),
-        # pedestrian: narrower legs, then torso and head
-        _part(actors, pedestrian, 0.0, 0.8, 0.6, 0.0, 0.47, MAT_PERSON),
-        _part(actors, pedestrian, 0.0, 1.0, 1.0, 0.47, 1.0, MAT_PERSON),
-        # cyclist: a thin bicycle frame over the whole length, a rider above its middle
-        _part(actors, cyclist, 0.0, 1.0, 1.0, 0.0, 0.6, MAT_METAL, width_max_m=0.16),
-        _part(actors, cyclist, -0.05, 0.45, 0.8, 0.35, 1.0, MAT_PERSON, width_max_m=0.5),
-    ]
-    if other.any():
-        sub = actors.select(other)
-        parts.append((sub.center, sub.size / 2, sub.yaw, scenery_material(sub.size), sub.label, sub.ids))
-    return parts
+@njit(cache=True, fastmath=False)
+def _expand_boxes(center, size, yaw, label, ids, as_scenery, parts, origin, range_max):
+    """Primitive boxes (centre, half size, yaw, material, label, actor id) of the boxes that can come
+    within ``range_max`` of ``origin``. Actors get their class's parts from ``parts``; scenery (and
+    actors of other classes) one box with a material read from its shape."""
+    n = center.shape[0]
+    n_parts = np.zeros(n, np.int64)
+    for i in range(n):
+        dx, dy, dz = center[i, 0] - origin[0], center[i, 1] - origin[1], center[i, 2] - origin[2]
+        reach = 0.5 * math.sqrt(size[i, 0] ** 2 + size[i, 1] ** 2 + size[i, 2] ** 2)
+        if math.sqrt(dx * dx + dy * dy + dz * dz) - reach > range_max:
+            continue
+        if not as_scenery:
+            for r in range(parts.shape[0]):
+                if parts[r, 0] == label[i]:
+                    n_parts[i] += 1
+        if n_parts[i] == 0:
+            n_parts[i] = 1
+    total = n_parts.sum()
+    out_center = np.empty((total, 3))
+    out_half = np.empty((total, 3))
+    out_yaw = np.empty(total)
+    out_material = np.empty(total, np.int32)
+    out_label = np.empty(total, np.int32)
+    out_actor = np.empty(total, np.int64)
+    k = 0
+    for i in range(n):
+        if n_parts[i] == 0:
+            continue
+        length, width, height = size[i, 0], size[i, 1], size[i, 2]
+        c, s = math.cos(yaw[i]), math.sin(yaw[i])
+        bottom = center[i, 2] - height / 2
+        shaped = False
+        if not as_scenery:
+            for r in range(parts.shape[0]):
+                if parts[r, 0] != label[i]:
+                    continue
+                shaped = True
+                dx = parts[r, 1] * length
+                out_center[k, 0] = center[i, 0] + c * dx
+                out_center[k, 1] = center[i, 1] + s * dx
+                out_center[k, 2] = bottom + height * (parts[r, 4] + parts[r, 5]) / 2
+                out_half[k, 0] = length * parts[r, 2] / 2
+                out_half[k, 1] = min(width * parts[r, 3], parts[r, 7]) / 2
+                out_half[k, 2] = height * (parts[r, 5] - parts[r, 4]) / 2
+                out_yaw[k] = yaw[i]
+                out_material[k] = int(parts[r, 6])
+                out_label[k] = label[i]
+                out_actor[k] = ids[i]
+                k += 1
+        if not shaped:
+            out_center[k, 0] = center[i, 0]
+            out_center[k, 1] = center[i, 1]
+            out_center[k, 2] = center[i, 2]
+            out_half[k, 0] = length / 2
+            out_half[k, 1] = width / 2
+            out_half[k, 2] = height / 2
+            out_yaw[k] = yaw[i]
+            out_material[k] = _scenery_material_one(length, width, height)
+            out_label[k] = STATIC_LABEL if as_scenery else label[i]
+            out_actor[k] = -1 if as_scenery else ids[i]
+            k += 1
+    return out_center, out_half, out_yaw, out_material, out_label, out_actor
 
 
-def scenery_primitives(scenery: Boxes):
-    return [(scenery.center, scenery.size / 2, scenery.yaw, scenery_material(scenery.size),
-             np.full(len(scenery), int(ObjectClass.STATIC), np.int32), np.full(len(scenery), -1, np.int64))]
+def box_primitives(boxes: Boxes, as_scenery: bool, origin=(0.0, 0.0, 0.0), range_max_m: float = np.inf):
+    """(center, half_size, yaw, material, label, actor_id) arrays of the primitive boxes the lidar
+    casts against: per-class shapes for actors, one box per scenery box (label STATIC, id -1)."""
+    return _expand_boxes(boxes.center, boxes.size, boxes.yaw, boxes.label, boxes.ids, as_scenery, SHAPE_PARTS,
+                         np.asarray(origin, dtype=np.float64), float(range_max_m))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -515,22 +577,14 @@ class Lidar:
         origin = pose[:3].copy()
         rot = rotation_rpy(*pose[3:])
 
-        parts = []
-        if actors is not None and len(actors):
-            parts += actor_primitives(actors)
-        if scenery is not None and len(scenery):
-            parts += scenery_primitives(scenery)
-        parts = [p for p in parts if p[0].shape[0]]
-        if parts:
-            center = np.ascontiguousarray(np.concatenate([p[0] for p in parts]), dtype=np.float64)
-            half = np.ascontiguousarray(np.concatenate([p[1] for p in parts]), dtype=np.float64)
-            yaw = np.concatenate([p[2] for p in parts]).astype(np.float64)
-            material = np.concatenate([p[3] for p in parts]).astype(np.int32)
-            label = np.concatenate([p[4] for p in parts]).astype(np.int32)
-            actor_id = np.concatenate([p[5] for p in parts]).astype(np.int64)
+        parts = [box_primitives(boxes, as_scenery, origin, cfg.range_max_m)
+                 for boxes, as_scenery in ((actors, False), (scenery, True)) if boxes is not None and len(boxes)]
+        if len(parts) == 1:
+            center, half, yaw, material, label, actor_id = parts[0]
+        elif parts:
+            center, half, yaw, material, label, actor_id = (np.concatenate(arrays) for arrays in zip(*parts))
         else:
-            center, half = np.zeros((0, 3)), np.zeros((0, 3))
-            yaw = np.zeros(0)
+            center, half, yaw = np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0)
             material, label, actor_id = np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int64)
         cos_yaw, sin_yaw = np.cos(yaw), np.sin(yaw)
 

@@ -16,20 +16,26 @@ range of a position, because Town maps hold thousands of boxes.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy.ndimage import distance_transform_edt
+from scipy.ndimage import distance_transform_cdt, distance_transform_edt
 from scipy.spatial import cKDTree
 
 from adstack.config import load_params
 from adstack.errors import DataError
+from adstack.paths import cache_dir
 from adstack.types import Boxes, ObjectClass
 
 DEFAULT_PARAMS = Path(__file__).resolve().parent / "config" / "scenery.param.yaml"
+SCENERY_VERSION = 1  # bump when placement changes, to invalidate cached placements
 
 
 @dataclass
@@ -95,17 +101,38 @@ def _rect_samples(center_xy, length, width, yaw, spacing):
     return np.stack([center_xy[0] + c * u.ravel() - s * v.ravel(), center_xy[1] + s * u.ravel() + c * v.ravel()], 1)
 
 
+def _densify(polyline, step):
+    """Points along a polyline no farther apart than ``step``."""
+    seg = np.diff(polyline, axis=0)
+    n = np.maximum(1, np.ceil(np.hypot(seg[:, 0], seg[:, 1]) / step).astype(np.int64))
+    t = np.concatenate([np.arange(k) / k for k in n]) if len(n) else np.zeros(0)
+    start = np.repeat(polyline[:-1], n, axis=0)
+    return np.vstack([start + np.repeat(seg, n, axis=0) * t[:, None], polyline[-1:]])
+
+
 class _Raster:
     """Drivable area, distance to it, and cells taken by placed scenery, on one grid."""
 
-    def __init__(self, bounds, resolution, is_drivable):
+    def __init__(self, bounds, resolution, is_drivable, lanes):
         x0, y0, x1, y1 = bounds
         self.origin = np.array([x0, y0])
         self.res = resolution
         self.shape = (int(math.ceil((x1 - x0) / resolution)) + 1, int(math.ceil((y1 - y0) / resolution)) + 1)
-        ix, iy = np.meshgrid(np.arange(self.shape[0]), np.arange(self.shape[1]), indexing="ij")
-        centers = np.stack([x0 + ix.ravel() * resolution, y0 + iy.ravel() * resolution], 1)
-        drivable = np.asarray(is_drivable(centers), dtype=bool).reshape(self.shape)
+        # The drivable test is slow (about 2 us a point), so it runs only in a band around the lane
+        # centre lines: a lane's area lies within half its width of its centre line.
+        on_centerline = np.zeros(self.shape, dtype=bool)
+        half_width_max = 0.0
+        for centerline, width in lanes:
+            dense = _densify(centerline, resolution / 2)
+            idx, inside = self.cells(dense)
+            on_centerline[idx[inside, 0], idx[inside, 1]] = True
+            half_width_max = max(half_width_max, float(np.max(width)) / 2)
+        reach_cells = int(math.ceil((half_width_max + 2 * resolution) / resolution)) + 1
+        # chessboard distance never exceeds the Euclidean one, so this band holds every lane cell
+        band = distance_transform_cdt(~on_centerline, metric="chessboard") <= reach_cells
+        ix, iy = np.nonzero(band)
+        drivable = np.zeros(self.shape, dtype=bool)
+        drivable[ix, iy] = np.asarray(is_drivable(np.stack([x0 + ix * resolution, y0 + iy * resolution], 1)), dtype=bool)
         # distance of each cell to the nearest drivable cell; cell centres are exact samples, the
         # area between them is off by at most half a cell diagonal, which callers add to margins
         self.distance = distance_transform_edt(~drivable) * resolution
@@ -148,10 +175,13 @@ def _resample(polyline, spacing, start, width, z):
 def place_scenery_from_lanes(centerlines: Sequence[np.ndarray], widths: Sequence[np.ndarray],
                              is_drivable: Callable[[np.ndarray], np.ndarray], traffic_lights_xy=(),
                              seed: int = 0, config: SceneryConfig | None = None,
-                             centerline_z: Sequence[np.ndarray] | None = None) -> Boxes:
+                             centerline_z: Sequence[np.ndarray] | None = None,
+                             furnished: Sequence[bool] | None = None) -> Boxes:
     """Scenery from lane centre polylines (M,2), their widths (M,) and a vectorized drivable test.
 
-    Walks both edges of every lane: a sign post every ``sign_spacing_m``, a pole every
+    ``centerlines`` must cover every driving lane (junctions included): the drivable test is
+    sampled only near them. ``furnished`` (default: all) says along which lanes to place scenery.
+    Walks both edges of every furnished lane: a sign post every ``sign_spacing_m``, a pole every
     ``pole_spacing_m`` at the kerb, and building lots one after another set back from the road;
     a candidate that would touch a driving lane or earlier scenery is dropped. Deterministic in
     ``seed`` and the lane order.
@@ -165,9 +195,14 @@ def place_scenery_from_lanes(centerlines: Sequence[np.ndarray], widths: Sequence
     if not lanes:
         return Boxes()
     all_points = np.vstack([c for c, _ in lanes])
+    all_z = np.concatenate(lanes_z)
     margin = cfg.building_setback_max_m + cfg.building_depth_max_m + cfg.building_length_max_m + 5.0
     lo, hi = all_points.min(axis=0) - margin, all_points.max(axis=0) + margin
-    raster = _Raster((lo[0], lo[1], hi[0], hi[1]), cfg.raster_resolution_m, is_drivable)
+    raster = _Raster((lo[0], lo[1], hi[0], hi[1]), cfg.raster_resolution_m, is_drivable, lanes)
+    if furnished is not None:
+        keep = [bool(f) for f in furnished]
+        lanes = [lane for lane, k in zip(lanes, keep) if k]
+        lanes_z = [z for z, k in zip(lanes_z, keep) if k]
     spacing = cfg.raster_resolution_m
     boxes: list[tuple] = []  # (x, y, z_centre, length, width, height, yaw)
 
@@ -237,7 +272,6 @@ def place_scenery_from_lanes(centerlines: Sequence[np.ndarray], widths: Sequence
     # traffic-light posts: at the signal, or the nearest spot off the roadway within the search radius
     if len(traffic_lights_xy):
         tree = cKDTree(all_points)
-        all_z = np.concatenate(lanes_z)
         size = max(cfg.light_post_width_m, cfg.light_housing_size_m)
         rings = [(0.0, 0.0)] + [(r * math.cos(a), r * math.sin(a))
                                 for r in np.arange(0.5, cfg.light_search_radius_m + 1e-9, 0.5)
@@ -260,13 +294,44 @@ def place_scenery_from_lanes(centerlines: Sequence[np.ndarray], widths: Sequence
     return Boxes(arr[:, 0:3], arr[:, 3:6], arr[:, 6], np.full(n, int(ObjectClass.STATIC)), frame_id="map")
 
 
-def place_scenery(hdmap, seed: int = 0, config: SceneryConfig | None = None) -> Boxes:
-    """Scenery for an ``hdmap.HDMap``: its lanes outside junctions, its drivable area and traffic lights."""
-    lanes = [lane for _, lane in sorted(hdmap.lanes.items(), key=lambda kv: str(kv[0])) if not lane.is_junction]
+def place_scenery(hdmap, seed: int = 0, config: SceneryConfig | None = None, use_cache: bool = True) -> Boxes:
+    """Scenery for an ``hdmap.HDMap`` along its lanes outside junctions, off its drivable area, and
+    at its traffic lights. Results are cached under ``adstack.paths.cache_dir()/scenery``, keyed by
+    the map file's content, the seed, the config and ``SCENERY_VERSION`` (a large Town takes seconds)."""
+    cfg = config or SceneryConfig()
+    cache_path = _cache_path(hdmap, seed, cfg) if use_cache else None
+    if cache_path is not None and cache_path.is_file():
+        try:
+            with np.load(cache_path) as data:
+                arr = data["boxes"]
+            return Boxes(arr[:, 0:3], arr[:, 3:6], arr[:, 6], np.full(len(arr), int(ObjectClass.STATIC)), frame_id="map")
+        except (OSError, KeyError, ValueError):
+            pass  # unreadable cache entry: place again and overwrite it
+    boxes = _place_on_map(hdmap, seed, cfg)
+    if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, boxes=np.c_[boxes.center, boxes.size, boxes.yaw])
+        os.replace(tmp, cache_path)  # atomic: concurrent workers never read half a file
+    return boxes
+
+
+def _cache_path(hdmap, seed: int, cfg: SceneryConfig) -> Path | None:
+    xodr = getattr(hdmap, "xodr_path", None)
+    if xodr is None or not Path(xodr).is_file():
+        return None
+    digest = hashlib.sha256(Path(xodr).read_bytes())
+    digest.update(json.dumps([SCENERY_VERSION, int(seed), dataclasses.asdict(cfg)], sort_keys=True).encode())
+    return cache_dir() / "scenery" / f"{Path(xodr).stem}-{digest.hexdigest()[:20]}.npz"
+
+
+def _place_on_map(hdmap, seed: int, cfg: SceneryConfig) -> Boxes:
+    lanes = [lane for _, lane in sorted(hdmap.lanes.items(), key=lambda kv: str(kv[0]))]
     lights = [signal.position for signal in getattr(hdmap, "traffic_lights", [])]
     return place_scenery_from_lanes([l.centerline for l in lanes], [l.width for l in lanes], hdmap.is_drivable,
-                                    np.array(lights).reshape(-1, 2), seed=seed, config=config,
-                                    centerline_z=[getattr(l, "z", np.zeros(len(l.centerline))) for l in lanes])
+                                    np.array(lights).reshape(-1, 2), seed=seed, config=cfg,
+                                    centerline_z=[getattr(l, "z", np.zeros(len(l.centerline))) for l in lanes],
+                                    furnished=[not l.is_junction for l in lanes])
 
 
 class SceneryIndex:
@@ -289,9 +354,9 @@ class SceneryIndex:
             self._cells = {key: np.array(v, dtype=np.int64) for key, v in buckets.items()}
 
     @classmethod
-    def from_map(cls, hdmap, seed: int = 0, config: SceneryConfig | None = None) -> "SceneryIndex":
+    def from_map(cls, hdmap, seed: int = 0, config: SceneryConfig | None = None, use_cache: bool = True) -> "SceneryIndex":
         cfg = config or SceneryConfig()
-        return cls(place_scenery(hdmap, seed=seed, config=cfg), cfg.index_cell_m, cfg.query_radius_m)
+        return cls(place_scenery(hdmap, seed=seed, config=cfg, use_cache=use_cache), cfg.index_cell_m, cfg.query_radius_m)
 
     def __len__(self) -> int:
         return len(self.boxes)

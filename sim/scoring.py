@@ -605,11 +605,20 @@ def results_json(results: Sequence[RouteResult], sensors: Sequence | None = None
     numbers += [g["infractions"][k] for k in value_keys]
     # 1.0 writes '{:.3f}' strings, 2.0 str() of the already rounded numbers
     values = ["{:.3f}".format(x) for x in numbers] if v.generation == 1 else [str(x) for x in numbers]
-    entry_status = "Finished" if v.generation == 2 else (
-        "Finished with agent errors" if any("Agent" in r.status for r in results) else "Finished")
+    if v.generation == 1:  # save_global_record
+        entry_status = "Finished with agent errors" if any("Agent" in r.status for r in results) else "Finished"
+        eligible = True
+    else:  # compute_global_statistics + ELIGIBLE_VALUES
+        entry_status = "Finished"
+        for r in results:
+            if "Simulation crashed" in r.status:
+                entry_status = "Crashed"
+            elif "Agent's sensors were invalid" in r.status:
+                entry_status = "Rejected"
+        eligible = entry_status == "Finished"
     return {"_checkpoint": {"global_record": g, "progress": [len(results), len(results)],
                             "records": [route_record(r) for r in results]},
-            "entry_status": entry_status, "eligible": True, "sensors": list(sensors or []),
+            "entry_status": entry_status, "eligible": eligible, "sensors": list(sensors or []),
             "values": values, "labels": labels, "leaderboard_version": v.name}
 
 

@@ -79,6 +79,18 @@ class TrafficConfig:
         if any(t.share < 0 for t in self.vehicle_types) or (self.vehicle_types and sum(t.share for t in self.vehicle_types) <= 0):
             raise DataError("vehicle type shares must be >= 0 with a positive sum", "traffic")
         self.pedestrian_size = tuple(float(v) for v in self.pedestrian_size)
+        if len(self.pedestrian_size) != 3 or min(self.pedestrian_size) <= 0:
+            raise DataError(f"pedestrian_size must be 3 positive numbers, got {self.pedestrian_size}", "traffic")
+        names = [t.name for t in self.vehicle_types]
+        reserved = {"ego", "walker"} | {n for n in names if n.startswith("DEFAULT_")}
+        if len(set(names)) != len(names) or reserved & set(names):
+            raise DataError(f"vehicle type names must be unique and not 'ego', 'walker' or DEFAULT_*: {names}", "traffic")
+        from sumolib.net.lane import SUMO_VEHICLE_CLASSES
+        for t in self.vehicle_types:
+            if t.vclass not in SUMO_VEHICLE_CLASSES or t.vclass == "pedestrian":
+                raise DataError(f"vehicle type {t.name!r}: unknown SUMO vClass {t.vclass!r}", "traffic")
+            if min(t.length, t.width, t.height, t.max_speed) <= 0:
+                raise DataError(f"vehicle type {t.name!r}: sizes and max_speed must be > 0", "traffic")
 
 
 # --- binaries and the network -------------------------------------------------------------------
@@ -351,6 +363,8 @@ class Traffic:
 
     def _random_route(self, spec: VehicleTypeSpec):
         ts, edges = self._ts, self.vehicle_edges[spec.vclass]
+        if not edges:
+            return None  # no lane of this map allows the class
         for _ in range(self.config.route_attempts):
             a = edges[int(self._rng.integers(len(edges)))]
             b = edges[int(self._rng.integers(len(edges)))]
@@ -363,12 +377,14 @@ class Traffic:
 
     def _walk_stages(self, start: str | None, start_pos: float | None = None):
         ts, edges = self._ts, self.walk_edges
+        if not edges:
+            return None  # a map without sidewalks
         for _ in range(self.config.route_attempts):
             a = start or edges[int(self._rng.integers(len(edges)))]
             b = edges[int(self._rng.integers(len(edges)))]
             if a == b:
                 continue
-            a_pos = float(self._rng.uniform(0.0, self.edge_length[a])) if start_pos is None else start_pos
+            a_pos = float(self._rng.uniform(0.0, self.edge_length.get(a, 0.0))) if start_pos is None else start_pos
             b_pos = float(self._rng.uniform(0.0, self.edge_length[b]))
             stages = ts.simulation.findIntermodalRoute(a, b, modes="", departPos=a_pos, arrivalPos=b_pos)
             if stages and all(len(s.edges) for s in stages):
@@ -379,6 +395,8 @@ class Traffic:
         """Give a vehicle on its last edge a new destination instead of letting it vanish."""
         ts = self._ts
         edges = self.vehicle_edges.get(ts.vehicle.getVehicleClass(vid), self.vehicle_edges["passenger"])
+        if not edges:
+            return
         for _ in range(self.config.route_attempts):
             try:
                 ts.vehicle.changeTarget(vid, edges[int(self._rng.integers(len(edges)))])
@@ -596,6 +614,8 @@ class Traffic:
 
     def random_drive_pose(self, rng: np.random.Generator) -> tuple[float, float, float]:
         """A pose (x, y, yaw; map frame) in the middle of a random driving lane."""
+        if not self.drive_lanes:
+            raise DataError("the SUMO net has no lane for cars", self.net_path)
         lane, length = self.drive_lanes[int(rng.integers(len(self.drive_lanes)))]
         shape = self._lane_shape[lane]
         seg = np.linalg.norm(np.diff(shape, axis=0), axis=1)

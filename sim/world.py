@@ -177,11 +177,11 @@ class World:
                         if stop.kind == "traffic_light" and d < best_d:
                             best, best_d = stop.signal_id, d
             sl.map_signal_id = best
-        # SUMO guesses signals at some nodes where the map has none (e.g. a pedestrian crossing on
-        # a bend): when the map does define traffic lights, lights it does not know are switched off.
-        if getattr(m, "traffic_lights", None):
-            known = {sl.tls_id for sl in self.traffic.signal_lanes if sl.map_signal_id}
-            self.traffic.switch_off({sl.tls_id for sl in self.traffic.signal_lanes} - known)
+        # SUMO also guesses signals at nodes that are no junction of the map (a pedestrian crossing
+        # on a bend, a road split): no map junction lane leaves them. Those are switched off.
+        at_junction = {sl.tls_id for sl in self.traffic.signal_lanes for link in sl.links
+                       if link.map_lane is not None and m.lanes[link.map_lane].is_junction}
+        self.traffic.switch_off({sl.tls_id for sl in self.traffic.signal_lanes} - at_junction)
         self.traffic.signals_changed()
 
     def close(self) -> None:

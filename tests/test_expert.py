@@ -351,3 +351,25 @@ def test_params_file_loads_and_rejects_bad_values(tmp_path):
     bad.write_text("expert:\n  ros__parameters:\n    profile_step_s: 2.0\n")
     with pytest.raises(DataError, match="profile_step_s"):
         ExpertConfig.load(bad)
+
+
+@pytest.mark.parametrize("other_offset_m", [-3.0, 8.0], ids=["alongside", "ahead"])
+def test_lane_change_waits_for_a_gap(other_offset_m):
+    """Town06 road 40: the route moves one lane left; a car drives in that lane beside or just ahead."""
+    town06 = hdmap.load_map(MAPS / "carla" / "Town06.xodr")
+    source, target = town06.lanes[(40, 0, -6)], town06.lanes[(40, 0, -5)]
+    route = town06.route((250.0, float(source.centerline[0, 1]), 0.0), (450.0, float(target.centerline[0, 1]), 0.0))
+    assert len(route.lane_change_indices) == 1
+    expert = Expert(town06, route)
+    speed = expert.config.speed.max_speed_mps  # as fast as the ego will go: it cannot just pull ahead
+    y_target = float(np.interp(250.0, target.centerline[:, 0], target.centerline[:, 1]))
+
+    def actors(t):
+        x = 250.0 + other_offset_m + speed * t
+        return Boxes(center=[[x, y_target, 0.75]], size=[[4.6, 1.9, 1.5]], yaw=[0.0], label=[ObjectClass.VEHICLE],
+                     velocity=[[speed, 0.0]], ids=[11])
+
+    log = closed_loop(expert, (route.path[0, 0], route.path[0, 1], route.yaw[0], speed), 40.0, actors_fn=actors)
+    assert log["min_clearance"].min() > 0.5, "cut into the other car"
+    assert expert.done
+    assert any(r.startswith("lane_change_gap") for r in log["reason"])  # it did have to wait

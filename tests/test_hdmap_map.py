@@ -153,7 +153,9 @@ def test_missing_file_unknown_name_and_malformed_xodr(tmp_path):
     laneless = tmp_path / "laneless.xodr"
     laneless.write_text('<OpenDRIVE><header revMajor="1" revMinor="4"/><road id="1" length="10" junction="-1">'
                         '<planView><geometry s="0" x="0" y="0" hdg="0" length="10"><line/></geometry></planView>'
-                        '</road></OpenDRIVE>')
+                        '<lanes><laneSection s="0"><center><lane id="0" type="none"/></center><right>'
+                        '<lane id="-1" type="sidewalk"><width sOffset="0" a="2" b="0" c="0" d="0"/></lane>'
+                        '</right></laneSection></lanes></road></OpenDRIVE>')
     with pytest.raises(UserError, match="laneless.xodr: the map has no driving lanes"):
         load_map(laneless)
     binary = tmp_path / "binary.xodr"
@@ -167,3 +169,38 @@ def test_map_dirs_resolve_names(tmp_path):
     (tmp_path / "mytown.xodr").write_text(source.read_text())
     hdmap = load_map("mytown", map_dirs=[tmp_path / "missing", tmp_path])
     assert hdmap.name == "mytown" and len(hdmap.lanes) == 20
+
+
+_HEADER = '<OpenDRIVE><header revMajor="1" revMinor="4"/>'
+_PLAN = '<planView><geometry s="0" x="0" y="0" hdg="0" length="10"><line/></geometry></planView>'
+_PLAN_BAD_X = _PLAN.replace('x="0"', 'x="east"')
+_LANES = ('<lanes><laneSection s="0"><center><lane id="0" type="none"/></center><right><lane id="-1" type="driving">'
+          '<width sOffset="0" a="3.5" b="0" c="0" d="0"/></lane></right></laneSection></lanes>')
+
+
+@pytest.mark.parametrize("road, problem", [
+    # Each of these made carla.Map segfault, raise from C++ or misread silently before the checks.
+    (f'<road id="1" length="10" junction="-1">{_LANES}</road>', "road '1': no <planView><geometry>"),
+    (f'<road id="1" length="10" junction="-1"><link><successor elementType="road" elementId="99"/></link>{_PLAN}{_LANES}</road>',
+     "road '1': successor road '99' does not exist"),
+    (f'<road id="1" length="10" junction="-1">{_PLAN}<lanes><laneSection s="0"><right><lane id="-1" type="driving"/>'
+     '</right></laneSection></lanes></road>', "road '1': a <laneSection> has no <center> lane"),
+    (f'<road id="1" length="10" junction="-1">{_PLAN_BAD_X}{_LANES}</road>',
+     "road '1': <geometry> x='east' is not a number"),
+    (f'<road id="1" length="10" junction="7">{_PLAN}{_LANES}</road>', "road '1': junction '7' does not exist"),
+    (f'<road id="1" length="0" junction="-1">{_PLAN}{_LANES}</road>', "road '1': length must be positive"),
+])
+def test_structural_faults_are_caught_before_carla(tmp_path, road, problem):
+    path = tmp_path / "faulty.xodr"
+    path.write_text(f"{_HEADER}{road}</OpenDRIVE>")
+    with pytest.raises(UserError, match="faulty.xodr: " + problem.replace("(", r"\(")):
+        load_map(path)
+
+
+def test_single_unlinked_road_loads(tmp_path):
+    path = tmp_path / "lonely.xodr"
+    path.write_text(f'{_HEADER}<road id="1" length="10" junction="-1">{_PLAN}{_LANES}</road></OpenDRIVE>')
+    hdmap = load_map(path)
+    (lane,) = hdmap.lanes.values()
+    np.testing.assert_allclose(lane.centerline[[0, -1]], [[0.0, -1.75], [10.0, -1.75]], atol=1e-3)
+    assert lane.successors == [] and lane.predecessors == []

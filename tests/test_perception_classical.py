@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from adstack.errors import UserError
 from adstack.types import ObjectClass
 from perception.classical import (ClassicalConfig, ClassicalDetector, edge_fraction, fit_l_shapes, height_above_ground,
                                   load_config, suppress_duplicates)
@@ -128,6 +129,16 @@ def test_config_file_matches_dataclass_defaults():
     assert load_config() == ClassicalConfig()
     with pytest.raises(ValueError):
         ClassicalConfig(ground_window_m=0.1).validate()
+
+
+def test_bad_config_file_names_the_file(tmp_path):
+    path = tmp_path / "bad.param.yaml"
+    path.write_text("classical_detector:\n  ros__parameters:\n    ground_cell_m: -1.0\n")
+    with pytest.raises(UserError, match="bad.param.yaml.*ground_cell_m"):
+        load_config(path)
+    path.write_text("classical_detector:\n  ros__parameters:\n    groundcell: 1.0\n")
+    with pytest.raises(UserError, match="unknown parameter"):
+        load_config(path)
 
 
 def test_edge_fraction_tells_outline_from_blob():

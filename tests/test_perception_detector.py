@@ -288,3 +288,18 @@ def test_folded_batch_norms_compute_the_same_function():
     assert network.training  # the caller's network was copied, not switched to eval
     for a, b in zip(plain, fused):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_benchmarks_report_their_numbers(tmp_path):
+    from perception.bench import bench_detector, bench_voxelizer, street_scan
+
+    cloud = street_scan(20000)
+    assert cloud.shape == (20000, 4) and cloud.dtype == np.float32 and np.isfinite(cloud).all()
+    assert np.abs(cloud[:, :2]).max() < 60 and (cloud[:, 2] < -1.7).mean() > 0.2  # ground and walls
+    vox = bench_voxelizer(n_points=20000, runs=2, torch_runs=1)
+    assert set(vox["configs"]) >= {"adstack_detector", "pointpillars_kitti", "centerpoint_voxel0075_nuscenes"}
+    assert vox["configs"]["adstack_detector"]["hard"]["p50_ms"] > 0
+    config = small_config()
+    save_model(tmp_path, PillarCenterNet(config), config)
+    det = bench_detector(tmp_path, n_points=20000, runs=2)
+    assert det["p99_ms"] >= det["p50_ms"] > 0 and det["pillars"] > 0 and det["weights"] == str(tmp_path)

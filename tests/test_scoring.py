@@ -252,6 +252,10 @@ def test_collision_scenery_and_unknown_lb1():
     assert m.contact(0.2, 34.0, 0.0, 2.0, 0, S).key == "collisions_layout"  # 4 m from the spot
     assert m.contact(0.3, 40.0, 0.0, 2.0, 9, int(ObjectClass.UNKNOWN)) is None  # untyped: ignored
     assert m.last_id is None  # ... and not registered
+    m.forget(0.4, 50.0, 0.0)
+    assert m.contact(0.4, 50.0, 0.0, 2.0, -1, V).key == "collisions_vehicle"  # actor without an id
+    m.forget(0.5, 54.0, 0.0)
+    assert m.contact(0.5, 54.0, 0.0, 2.0, -1, V).key == "collisions_vehicle"  # not taken for 'the same'
 
 
 def test_collision_dedup_lb2_radius_5_and_not_at_fault_when_stopped():
@@ -563,3 +567,13 @@ def test_wrong_direction_check_can_be_switched_off_in_lb2():
     s.set_wrong_direction_check_active(False)
     drive(s, xs(0, 100), y=lambda x: 3.5 if 20 < x < 40 else 0.0)
     assert s.result().infractions["outside_route_lanes"] == []
+
+
+def test_entry_status_follows_the_route_statuses():
+    ok = result(LB2, 100.0, [], 100.0, status="Perfect")
+    crashed = result(LB2, 10.0, [], 100.0, status="Failed - Simulation crashed")
+    assert results_json([ok])["entry_status"] == "Finished" and results_json([ok])["eligible"] is True
+    doc = results_json([ok, crashed])
+    assert doc["entry_status"] == "Crashed" and doc["eligible"] is False
+    blocked = result(LB1, 10.0, [], 100.0, status="Failed - Agent got blocked")
+    assert results_json([blocked])["entry_status"] == "Finished with agent errors"

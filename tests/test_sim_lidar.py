@@ -7,8 +7,8 @@ import pytest
 
 from adstack.errors import DataError
 from adstack.types import Boxes, EgoState, ObjectClass
-from sim.lidar import (DEFAULT_PARAMS, Lidar, LidarConfig, SpinningLidar, actor_primitives, rotation_rpy,
-                       scenery_primitives, sensor_pose_from_ego)
+from sim.lidar import (DEFAULT_PARAMS, MAT_BUILDING, MAT_METAL, MAT_PAINT, MAT_RETRO, Lidar, LidarConfig,
+                       SpinningLidar, box_primitives, rotation_rpy, scenery_material, sensor_pose_from_ego)
 
 SIGMA = 0.02
 TOL = 5 * SIGMA  # a range error moves a point by at most the error along the beam
@@ -230,7 +230,7 @@ def test_azimuth_culling_matches_brute_force(rpy):
     scenery = static_boxes(centers[keep], sizes[keep], rng.uniform(-np.pi, np.pi, n)[keep])
     pose = (0.0, 0.0, 1.8, *rpy)
     cloud = lidar.scan(pose, None, scenery, 0.0)
-    prims = scenery_primitives(scenery)[0]
+    prims = box_primitives(scenery, as_scenery=True)
     reference = _reference_ranges(lidar, pose, list(zip(prims[0], prims[1], prims[2])), 0.0)
     got = np.linalg.norm(cloud.points[:, :3], axis=1)
     assert len(got) == np.isfinite(reference).sum()
@@ -295,19 +295,29 @@ def test_spinning_lidar_casts_each_column_at_its_own_tick():
 def test_actor_primitives_stay_inside_their_boxes():
     actors = Boxes(center=[(0.0, 0.0, 0.8)] * 4, size=[(4.6, 1.9, 1.6), (0.5, 0.6, 1.75), (1.8, 0.7, 1.7), (1.0, 1.0, 1.0)],
                    yaw=[0.5] * 4, label=[1, 2, 3, 0], ids=[1, 2, 3, 4])
-    parts = [p for p in actor_primitives(actors) if len(p[0])]
-    assert sum(len(p[0]) for p in parts) == 7  # two parts each for vehicle, pedestrian, cyclist; one box
-    for center, half, yaw, _, label, ids in parts:
-        for k in range(len(center)):
-            i = int(ids[k]) - 1
-            corners = np.array([[sx, sy] for sx in (-1, 1) for sy in (-1, 1)]) * half[k, :2]
-            c, s = math.cos(yaw[k]), math.sin(yaw[k])
-            world = corners @ np.array([[c, s], [-s, c]]) + center[k, :2]
-            local = (world - actors.center[i, :2]) @ np.array([[c, -s], [s, c]])
-            assert np.all(np.abs(local) <= actors.size[i, :2] / 2 + 1e-9)
-            assert center[k, 2] - half[k, 2] >= actors.center[i, 2] - actors.size[i, 2] / 2 - 1e-9
-            assert center[k, 2] + half[k, 2] <= actors.center[i, 2] + actors.size[i, 2] / 2 + 1e-9
-            assert label[k] == actors.label[i]
+    center, half, yaw, _, label, ids = box_primitives(actors, as_scenery=False)
+    assert len(center) == 7  # two parts each for vehicle, pedestrian, cyclist; the unknown box as is
+    assert np.array_equal(np.unique(ids, return_counts=True)[1], [2, 2, 2, 1])
+    for k in range(len(center)):
+        i = int(ids[k]) - 1
+        corners = np.array([[sx, sy] for sx in (-1, 1) for sy in (-1, 1)]) * half[k, :2]
+        c, s = math.cos(yaw[k]), math.sin(yaw[k])
+        world = corners @ np.array([[c, s], [-s, c]]) + center[k, :2]
+        local = (world - actors.center[i, :2]) @ np.array([[c, -s], [s, c]])
+        assert np.all(np.abs(local) <= actors.size[i, :2] / 2 + 1e-9)
+        assert center[k, 2] - half[k, 2] >= actors.center[i, 2] - actors.size[i, 2] / 2 - 1e-9
+        assert center[k, 2] + half[k, 2] <= actors.center[i, 2] + actors.size[i, 2] / 2 + 1e-9
+        assert label[k] == actors.label[i]
+    # boxes out of range are left out; scenery is one box each, label STATIC, id -1
+    far = box_primitives(actors, as_scenery=False, origin=(500.0, 0.0, 0.0), range_max_m=100.0)
+    assert len(far[0]) == 0
+    scenery = box_primitives(actors, as_scenery=True)
+    assert len(scenery[0]) == 4 and np.all(scenery[4] == ObjectClass.STATIC) and np.all(scenery[5] == -1)
+
+
+def test_scenery_material_from_shape():
+    sizes = [(0.05, 0.8, 0.8), (0.3, 0.3, 7.0), (0.4, 0.4, 1.0), (20.0, 10.0, 12.0)]
+    assert scenery_material(sizes).tolist() == [MAT_RETRO, MAT_METAL, MAT_PAINT, MAT_BUILDING]
 
 
 def test_bench_lidar_reports_numbers():

@@ -133,13 +133,21 @@ def test_lidar_sees_the_scenery(placed):
     assert cloud.points[static, 3].max() > 0.8
 
 
-def test_town01_scenery_from_the_hd_map():
+def test_town01_scenery_from_the_hd_map(tmp_path, monkeypatch):
     hdmap_map = pytest.importorskip("hdmap.map")
     try:
         town = hdmap_map.load_map("Town01")
     except Exception as exc:  # the map asset may not be fetched on this machine
         pytest.skip(f"Town01 not available: {exc}")
+    monkeypatch.setenv("ADSTACK_CACHE", str(tmp_path))
     boxes = place_scenery(town, seed=0)
+    cached = list((tmp_path / "scenery").glob("Town01-*.npz"))
+    assert len(cached) == 1
+    again = place_scenery(town, seed=0)  # from the cache
+    assert np.array_equal(again.center, boxes.center) and np.array_equal(again.yaw, boxes.yaw)
+    assert len(list((tmp_path / "scenery").glob("*.npz"))) == 1
+    place_scenery(town, seed=1)
+    assert len(list((tmp_path / "scenery").glob("*.npz"))) == 2
     material = scenery_material(boxes.size)
     assert (material == MAT_BUILDING).sum() > 50 and (material == MAT_METAL).sum() > 50
     assert (material == MAT_PAINT).sum() >= 0.9 * len(town.traffic_lights)

@@ -192,3 +192,25 @@ def test_world_config_file_loads_and_rejects_unknown_keys(tmp_path):
     bad.write_text("/**:\n  ros__parameters:\n    traffic:\n      vehicels: 3\n")
     with pytest.raises(DataError, match="vehicels"):
         WorldConfig.load(bad)
+
+
+def test_a_generated_junction_map_gets_traffic_and_its_four_lights():
+    from hdmap.map import load_map
+    hd_map = load_map("junction4")
+    world, states = run_world(hd_map, 2.0, vehicles=20, pedestrians=10)
+    world.close()
+    lights = states[-1].traffic_lights
+    assert {l.map_signal_id for l in lights} == {s.id for s in hd_map.traffic_lights} and len(lights) == 4
+    assert len(states[-1].actors) == 30
+
+
+@pytest.mark.parametrize("traffic, message", [
+    ({"vehicle_types": [{"name": "tank", "vclass": "armour"}]}, "unknown SUMO vClass"),
+    ({"vehicle_types": [{"name": "ego"}]}, "unique"),
+    ({"vehicles": -1}, ">= 0"),
+    ({"pedestrian_size": [0.5, 0.5]}, "pedestrian_size"),
+])
+def test_bad_traffic_parameters_are_rejected(traffic, message):
+    from adstack.config import from_dict
+    with pytest.raises(DataError, match=message):
+        from_dict(WorldConfig, {"traffic": traffic})

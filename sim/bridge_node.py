@@ -1,0 +1,197 @@
+"""Simulation bridge: the embedded world as a ROS 2 node, stepped in lockstep with the stack.
+
+It publishes the lidar cloud, the kinematic state, ground-truth objects and traffic-light states for
+simulation time T, then waits for the control command stamped T (the controller stamps its command
+with the odometry it answered) before advancing the world by one tick. A command that does not come
+within ``command_timeout_s`` of wall time is replaced by the previous one and counted on
+/diagnostics, so a slow or dead node degrades the drive instead of hanging it. When the route ends
+it writes ``result.json`` (the same record as ``adstack drive``) and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from adstack.node import Diagnostics, declare_params, latched_qos, param_file, reliable_qos, run_node, sensor_qos
+from adstack.node_io import msg_class
+from adstack.types import Command
+
+try:
+    from rclpy.node import Node
+except ImportError:
+    Node = object
+
+
+@dataclass
+class BridgeConfig:
+    routes: str = ""
+    route_id: str = ""
+    map: str = ""
+    map_dirs: str = ""
+    seed: int = 0
+    seconds: float = 0.0  # 0: the route's own timeout ends it
+    out: str = "runs/launch"
+    variant: str = "lb1"
+    lidar: bool = True
+    vehicles: int = -1  # -1: world config default
+    pedestrians: int = -1
+    publish_ground_truth_as_detections: bool = True
+    ground_truth_radius_m: float = 80.0
+    first_command_timeout_s: float = 60.0  # wall time for the graph to come up
+    command_timeout_s: float = 2.0  # wall time per tick before the last command is reused
+    log: bool = True
+
+
+class SimBridgeNode(Node):
+    def __init__(self):
+        super().__init__("sim_bridge")
+        self.params = declare_params(self, BridgeConfig, param_file("sim", "bridge"))
+        self.diag = Diagnostics(self, "sim bridge")
+        self.pub_cloud = self.create_publisher(msg_class("PointCloud2"), "output/pointcloud", sensor_qos())
+        self.pub_odom = self.create_publisher(msg_class("Odometry"), "output/kinematic_state", sensor_qos())
+        self.pub_gt = self.create_publisher(msg_class("TrackedObjects"), "output/ground_truth_objects", reliable_qos())
+        self.pub_det = self.create_publisher(msg_class("DetectedObjects"), "/perception/object_recognition/detection/objects",
+                                             reliable_qos())
+        self.pub_lights = self.create_publisher(msg_class("TrafficLightGroupArray"), "output/traffic_signals", reliable_qos())
+        self.pub_table = self.create_publisher(msg_class("String"), "/simulation/traffic_light_table", latched_qos())
+        self.pub_status = self.create_publisher(msg_class("String"), "output/status", reliable_qos())
+        self.create_subscription(msg_class("Control"), "input/control_cmd", self.on_command, reliable_qos())
+        self.command = Command()
+        self.pending: Command | None = None
+        self.late_commands = 0
+        self.finished = False
+        self.session = self._start_session()
+        self.waiting_since = time.monotonic()
+        self.first = True
+        if self.session is not None:
+            self.publish_state()
+            self.create_timer(0.002, self.spin_once)
+
+    def _start_session(self):
+        from sim.drive import DriveOptions, RouteSession, load_route
+        p = self.params
+        self.opts = DriveOptions(routes=p.routes, route_id=p.route_id, out=p.out, map_name=p.map or None,
+                                 map_dirs=[d for d in p.map_dirs.split(",") if d], seed=p.seed,
+                                 seconds=p.seconds or None, variant=p.variant, lidar=p.lidar,
+                                 vehicles=None if p.vehicles < 0 else p.vehicles,
+                                 pedestrians=None if p.pedestrians < 0 else p.pedestrians, log=p.log)
+        out = Path(p.out)
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            spec, hdmap, route = load_route(self.opts)
+            return RouteSession(self.opts, spec, hdmap, route, out)
+        except Exception as exc:
+            from sim.drive import STATUS_SETUP_FAILED, _failure_result, _write_json
+            self.diag.problem("route_setup_failed", f"{type(exc).__name__}: {exc}", level=2)
+            _write_json(out / "result.json", _failure_result(self.opts, STATUS_SETUP_FAILED, str(exc), 0.0))
+            self.finished = True
+            return None
+
+    def on_command(self, msg) -> None:
+        from adstack.ros_convert import command_from_msg
+        try:
+            cmd = command_from_msg(msg)
+        except Exception as exc:
+            self.diag.problem("malformed_command", f"{type(exc).__name__}: {exc}", level=2)
+            return
+        if not (np.isfinite(cmd.steer) and np.isfinite(cmd.accel)):
+            self.diag.problem("nonfinite_command", "NaN/Inf in the control command: ignored", level=2)
+            return
+        if self.session is not None and cmd.stamp + 1e-6 >= self.session.state.t:
+            self.pending = cmd
+
+    def publish_state(self) -> None:
+        from adstack import ros_convert as rc
+        state = self.session.state
+        self.pub_odom.publish(rc.odometry_to_msg(state.ego))
+        if state.lidar is not None:
+            state.lidar.stamp = state.t
+            self.pub_cloud.publish(rc.pointcloud_to_msg(state.lidar))
+        if self.first or self.session.tick_count % 2 == 0:
+            near = np.hypot(state.actors.center[:, 0] - state.ego.x, state.actors.center[:, 1] - state.ego.y) \
+                <= self.params.ground_truth_radius_m
+            gt = state.actors.select(near)
+            gt.stamp = state.t
+            self.pub_gt.publish(rc.tracked_objects_to_msg(gt))
+            if self.params.publish_ground_truth_as_detections:
+                self.pub_det.publish(rc.detected_objects_to_msg(gt))
+            self.pub_lights.publish(rc.traffic_lights_to_msg(state.traffic_lights, state.t))
+        if self.first:
+            table = {str(rc.traffic_light_group_id(l.id)): {"id": l.id, "position": np.asarray(l.position).tolist(),
+                                                             "lanes": [list(x) for x in l.lanes]}
+                     for l in state.traffic_lights}
+            self.pub_table.publish(rc.string_msg(json.dumps(table)))
+
+    def spin_once(self) -> None:
+        if self.finished or self.session is None:
+            return
+        limit = self.params.first_command_timeout_s if self.first else self.params.command_timeout_s
+        if self.pending is None:
+            if time.monotonic() - self.waiting_since < limit:
+                return
+            self.late_commands += 1
+            self.diag.problem("late_command", "no control command in time: reusing the previous one")
+            if self.first:  # the graph never came up
+                self.session.agent_crashed("no control command from the stack")
+                self.finish()
+                return
+            command = self.command
+        else:
+            command = self.pending
+        self.pending = None
+        self.first = False
+        self.command = command
+        state = self.session.step(command)
+        if self.session.tick_count % 20 == 0:
+            from adstack.ros_convert import string_msg
+            rc_, pen, ds = self.session.scorer.current_scores()
+            self.pub_status.publish(string_msg(json.dumps({"t": state.t, "route_completion": rc_,
+                                                           "infraction_penalty": pen, "driving_score": ds})))
+        if self.session.done:
+            self.finish()
+            return
+        self.publish_state()
+        self.waiting_since = time.monotonic()
+
+    def finish(self) -> None:
+        self.finished = True
+        result, _ = self.session.finish({"graph": "ros2 (adstack launch sim)", "late_commands": self.late_commands})
+        print(f"sim_bridge: route {result['route_id']}: {result['status']}, driving score "
+              f"{result['driving_score']:.2f}", file=sys.stderr, flush=True)
+        raise SystemExit(0)
+
+
+def main(args=None) -> int:
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = SimBridgeNode()
+        while rclpy.ok() and not node.finished:
+            rclpy.spin_once(node, timeout_sec=0.05)
+    except SystemExit:
+        pass
+    except (KeyboardInterrupt, ExternalShutdownException):
+        if node is not None and node.session is not None and not node.finished:
+            node.session.agent_crashed("interrupted")
+            try:
+                node.finish()
+            except SystemExit:
+                pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

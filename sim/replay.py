@@ -1,0 +1,563 @@
+"""Replay a recorded rosbag2 drive through the stack and record every output.
+
+Input: any rosbag2 bag (MCAP or sqlite3 directory, or a bare ``.mcap``) holding a
+``sensor_msgs/PointCloud2`` lidar topic and a ``nav_msgs/Odometry`` topic; names are remappable.
+Our own drive logs also carry ground-truth objects, which turn on the detection metrics.
+
+Per cloud, in bag order, the same rules as the ROS 2 nodes (perception/lidar_node.py,
+fusion/tracking_node.py), so the in-process replay and the graph replay give the same outputs:
+
+1. decode and validate the PointCloud2 (NaN/Inf points dropped and counted, empty clouds allowed);
+2. drop a cloud whose stamp is not after the previous one's;
+3. take the odometry sample *nearest in time* to the cloud's stamp (not interpolated, because the
+   lidar node does exactly this), dropping the cloud when none lies within ``max_pose_age_s``;
+4. detect (sensor frame -> map frame with that pose), then track.
+
+Outputs: ``OUT/replay.mcap`` (detections and tracks with marker arrays, and the input clouds,
+odometry, /tf, ground truth and route passed through on the stack's standard topics),
+``OUT/replay.json`` (frames, drops, per-stage latency, and metrics where there is ground truth).
+
+Detection metrics follow perception/metrics.py (nuScenes-style, BEV centre distance). Ground truth
+is taken at each cloud's stamp, interpolated per object id between the two bracketing ground-truth
+messages; boxes are measured from the lidar (so the per-class ranges of the metric config are ranges
+from the sensor); when the cloud carries per-point actor ids (ours do) ground-truth boxes hit by no
+lidar point are left out, as nuScenes leaves out boxes without points.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from adstack import ros_convert as rc
+from adstack import topics
+from adstack.errors import UserError
+from adstack.types import Boxes, EgoState, PointCloud
+
+# Roles the replay reads: (message types accepted, default topic, required)
+OBJECT_TYPES = ("autoware_perception_msgs/msg/TrackedObjects", "autoware_perception_msgs/msg/DetectedObjects",
+                "autoware_perception_msgs/msg/PredictedObjects")
+ROLES = {
+    "lidar": (("sensor_msgs/msg/PointCloud2",), topics.LIDAR_POINTS, True),
+    "odom": (("nav_msgs/msg/Odometry",), topics.KINEMATIC_STATE, True),
+    "gt": (OBJECT_TYPES, topics.GROUND_TRUTH_OBJECTS, False),
+    "route": (("std_msgs/msg/String",), topics.ROUTE, False),
+}
+AUTO_PICK_ROLES = ("lidar", "odom")  # a lone topic of the right type is taken when the default is absent
+OUTPUT_FILE = "replay.mcap"
+REPORT_FILE = "replay.json"
+GRAPHS = ("inprocess", "ros2")
+
+
+@dataclass
+class ReplayOptions:
+    bag: str
+    out: str
+    model: str = "default"           # default | classical | a model directory
+    rate: float = 0.0                # 0: as fast as possible; 1.0: recorded timing
+    topic_map: dict = field(default_factory=dict)   # role -> topic
+    graph: str = "inprocess"         # inprocess | ros2
+    viz: bool = False
+    viz_port: int = 8765
+    domain_id: int | None = None     # ros2: ROS_DOMAIN_ID (default: random)
+    node_timeout_s: float = 30.0     # ros2: wait for the nodes to start / answer one cloud
+    overwrite: bool = True
+    progress: bool = True
+
+
+# --------------------------------------------------------------------------------------------
+# Topics
+
+
+class MissingTopics(UserError):
+    """The bag lacks a topic the stack needs. ``listing`` is the bag's table of topics."""
+
+    def __init__(self, message: str, path, listing: str):
+        self.listing = listing
+        super().__init__(message, path)
+
+
+def topic_listing(bag_topics: dict) -> str:
+    """The bag's topics as a table: topic, type, message count."""
+    if not bag_topics:
+        return "  (the bag holds no topics)"
+    width = max(len(t) for t in bag_topics)
+    type_width = max(len(i.type) for i in bag_topics.values())
+    return "\n".join(f"  {t:<{width}}  {i.type:<{type_width}}  {i.count:>7}" for t, i in bag_topics.items())
+
+
+def parse_topic_map(items: list[str] | None) -> dict:
+    """``["lidar=/points", "odom=/odom"]`` -> ``{"lidar": "/points", "odom": "/odom"}``."""
+    out = {}
+    for item in items or []:
+        role, sep, topic = item.partition("=")
+        if not sep or not topic:
+            raise UserError(f"--topic-map wants ROLE=TOPIC, got {item!r}")
+        if role not in ROLES:
+            raise UserError(f"--topic-map: unknown role {role!r}; roles: {', '.join(ROLES)}")
+        out[role] = topic
+    return out
+
+
+def resolve_topics(bag_topics: dict, topic_map: dict, bag_path) -> dict:
+    """role -> topic (None for an optional role the bag lacks). Raises MissingTopics naming what is
+    missing, with the bag's listing, when a required role has no topic."""
+    listing = topic_listing(bag_topics)
+    roles: dict[str, str | None] = {}
+    problems = []
+    for role, (types, default, required) in ROLES.items():
+        if role in topic_map:
+            topic = topic_map[role]
+            info = bag_topics.get(topic)
+            if info is None:
+                problems.append(f"--topic-map {role}={topic}: no such topic in the bag")
+            elif info.type not in types:
+                problems.append(f"--topic-map {role}={topic}: topic has type {info.type}, need {' or '.join(types)}")
+            roles[role] = topic
+            continue
+        if default in bag_topics and bag_topics[default].type in types:
+            roles[role] = default
+            continue
+        candidates = [t for t, i in bag_topics.items() if i.type in types]
+        if role in AUTO_PICK_ROLES and len(candidates) == 1:
+            roles[role] = candidates[0]
+            continue
+        roles[role] = None
+        if required:
+            if candidates:
+                problems.append(f"several {types[0]} topics ({', '.join(candidates)}) and none is {default}: "
+                                f"choose one with --topic-map {role}=TOPIC")
+            else:
+                problems.append(f"no {types[0]} topic (the stack needs one for {role}; "
+                                f"looked for {default}; remap with --topic-map {role}=TOPIC)")
+    if problems:
+        raise MissingTopics("cannot replay: " + "; ".join(problems), bag_path, listing)
+    return roles
+
+
+# --------------------------------------------------------------------------------------------
+# Poses and ground truth in time
+
+
+class PoseBuffer:
+    """Odometry samples by header stamp; ``nearest`` chooses as the lidar node does."""
+
+    def __init__(self, poses: list[EgoState]):
+        order = sorted(range(len(poses)), key=lambda i: poses[i].stamp)
+        self.poses = [poses[i] for i in order]
+        self.stamps = np.array([p.stamp for p in self.poses], dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self.poses)
+
+    def nearest(self, stamp: float, max_age_s: float) -> EgoState | None:
+        if not len(self.poses):
+            return None
+        i = int(np.argmin(np.abs(self.stamps - stamp)))  # first of equals, like min() over the node's deque
+        pose = self.poses[i]
+        return pose if abs(pose.stamp - stamp) <= max_age_s else None
+
+    def up_to(self, stamp: float) -> list[EgoState]:
+        """Samples stamped at or before ``stamp`` (what a player must publish before a cloud)."""
+        return self.poses[: int(np.searchsorted(self.stamps, stamp, side="right"))]
+
+
+def _wrap(angle):
+    return np.arctan2(np.sin(angle), np.cos(angle))
+
+
+class GroundTruth:
+    """Ground-truth object frames; ``at(t)`` interpolates objects by id between the bracketing frames."""
+
+    def __init__(self, frames: list[Boxes], max_gap_s: float = 1.0, max_age_s: float = 0.05):
+        self.frames = sorted(frames, key=lambda b: b.stamp)
+        self.stamps = np.array([b.stamp for b in self.frames], dtype=np.float64)
+        self.max_gap_s = max_gap_s
+        self.max_age_s = max_age_s
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def at(self, t: float) -> Boxes | None:
+        """Objects at time ``t``: a frame within ``max_age_s``, else interpolated between frames at
+        most ``max_gap_s`` apart; None when neither exists (no extrapolation)."""
+        if not len(self.frames):
+            return None
+        i = int(np.argmin(np.abs(self.stamps - t)))
+        if abs(self.stamps[i] - t) <= self.max_age_s:
+            return self.frames[i]
+        hi = int(np.searchsorted(self.stamps, t, side="right"))
+        if hi == 0 or hi == len(self.frames) or self.stamps[hi] - self.stamps[hi - 1] > self.max_gap_s:
+            return None
+        a, b = self.frames[hi - 1], self.frames[hi]
+        w = (t - a.stamp) / (b.stamp - a.stamp)
+        near, far = (a, b) if w <= 0.5 else (b, a)
+        ids_a = np.where(a.ids >= 0, a.ids, -1)
+        common, ia, ib = np.intersect1d(ids_a[ids_a >= 0], b.ids[b.ids >= 0], return_indices=True)
+        ia = np.flatnonzero(ids_a >= 0)[ia]
+        ib = np.flatnonzero(b.ids >= 0)[ib]
+        both = Boxes(a.center[ia] * (1 - w) + b.center[ib] * w, a.size[ia],
+                     a.yaw[ia] + w * _wrap(b.yaw[ib] - a.yaw[ia]), a.label[ia], a.score[ia],
+                     a.velocity[ia] * (1 - w) + b.velocity[ib] * w, common, a.frame_id, t)
+        # Objects in only one frame (appearing, leaving, or without ids) come from the nearer frame.
+        only_near = near.select(~np.isin(near.ids, common) | (near.ids < 0))
+        out = Boxes.concat([both, only_near])
+        out.frame_id, out.stamp = a.frame_id, t
+        return out
+
+
+def sensor_pose(ego: EgoState, mount: tuple) -> tuple[float, float, float]:
+    """(x, y, yaw) of a sensor mounted at (x, y, z, yaw) on the ego, in the map frame."""
+    mx, my, _, myaw = mount
+    c, s = math.cos(ego.yaw), math.sin(ego.yaw)
+    return ego.x + c * mx - s * my, ego.y + s * mx + c * my, ego.yaw + myaw
+
+
+def to_sensor_frame(boxes: Boxes, origin: tuple[float, float, float]) -> Boxes:
+    """Map-frame boxes in a frame at ``origin`` (x, y, yaw): the metric's ranges become ranges from the lidar."""
+    ox, oy, oyaw = origin
+    c, s = math.cos(oyaw), math.sin(oyaw)
+    rel = boxes.center[:, :2] - (ox, oy)
+    center = boxes.center.copy()
+    center[:, 0] = c * rel[:, 0] + s * rel[:, 1]
+    center[:, 1] = -s * rel[:, 0] + c * rel[:, 1]
+    velocity = np.stack([c * boxes.velocity[:, 0] + s * boxes.velocity[:, 1],
+                         -s * boxes.velocity[:, 0] + c * boxes.velocity[:, 1]], axis=1)
+    return Boxes(center, boxes.size, _wrap(boxes.yaw - oyaw), boxes.label, boxes.score, velocity, boxes.ids,
+                 "lidar", boxes.stamp)
+
+
+def visible_ground_truth(gt: Boxes, cloud: PointCloud) -> Boxes:
+    """Ground truth hit by at least one lidar point, when the cloud says which actor each point hit."""
+    if cloud.actor_ids is None:
+        return gt
+    return gt.select(np.isin(gt.ids, np.unique(cloud.actor_ids)))
+
+
+# --------------------------------------------------------------------------------------------
+# The stack, in process
+
+
+def lidar_node_config():
+    """The lidar node's parameters (mount, limits, model) from its parameter file."""
+    from adstack.config import load_params
+    from adstack.node import param_file
+    from perception.lidar_node import LidarNodeConfig
+    return load_params(LidarNodeConfig, param_file("perception", "lidar_node"))
+
+
+@dataclass
+class Frame:
+    """One processed cloud."""
+
+    stamp: float
+    log_ns: int
+    cloud: PointCloud
+    pose: EgoState
+    detections: Boxes
+    tracks: Boxes
+    detect_ms: float = math.nan
+    track_ms: float = math.nan
+
+
+class CloudGate:
+    """The lidar node's acceptance rules: decode + validate, monotone stamps, a pose near in time."""
+
+    def __init__(self, poses: PoseBuffer, max_points: int, max_pose_age_s: float):
+        self.poses = poses
+        self.max_points = max_points
+        self.max_pose_age_s = max_pose_age_s
+        self.last_stamp: float | None = None
+        self.drops: dict[str, int] = {}
+        self.nonfinite_points = 0
+
+    def _drop(self, kind: str) -> None:
+        self.drops[kind] = self.drops.get(kind, 0) + 1
+
+    def accept(self, msg, topic: str) -> tuple[PointCloud, EgoState] | None:
+        try:
+            cloud, dropped = rc.decode_pointcloud2(msg, max_points=self.max_points, allow_empty=True, topic=topic)
+        except rc.MalformedMessage as exc:
+            self._drop(f"malformed_pointcloud.{exc.kind}")
+            return None
+        self.nonfinite_points += dropped
+        if self.last_stamp is not None and cloud.stamp <= self.last_stamp:
+            self._drop("duplicate_stamp" if cloud.stamp == self.last_stamp else "out_of_order_stamp")
+            return None
+        pose = self.poses.nearest(cloud.stamp, self.max_pose_age_s)
+        if pose is None:
+            self._drop("no_pose")
+            return None
+        self.last_stamp = cloud.stamp
+        return cloud, pose
+
+
+class InProcessStack:
+    """Detector + tracker called directly, as the nodes call them."""
+
+    name = "inprocess"
+
+    def __init__(self, model: str, node_cfg):
+        from fusion.tracker import MultiObjectTracker, TrackerConfig
+        from perception.pipeline import LidarPerception, make_detector
+        mount = (node_cfg.mount_x_m, node_cfg.mount_y_m, node_cfg.mount_z_m, node_cfg.mount_yaw_rad)
+        self.perception = LidarPerception(make_detector(model), mount, track=False)
+        self.tracker = MultiObjectTracker(TrackerConfig.load())
+
+    def process(self, cloud: PointCloud, pose: EgoState) -> tuple[Boxes, Boxes, dict]:
+        t0 = time.perf_counter()
+        if len(cloud) == 0:
+            detections = Boxes(frame_id="map", stamp=cloud.stamp)
+        else:
+            detections = self.perception.detect(cloud, pose)
+        detections.stamp = cloud.stamp
+        t1 = time.perf_counter()
+        tracks = self.tracker.step(detections, cloud.stamp)
+        tracks.frame_id, tracks.stamp = detections.frame_id, cloud.stamp
+        t2 = time.perf_counter()
+        return detections, tracks, {"detect": (t1 - t0) * 1e3, "track": (t2 - t1) * 1e3}
+
+    def close(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------------------------
+# Comparison of two replays
+
+
+def compare_boxes(a: Boxes, b: Boxes, tol: float = 1e-4) -> tuple[bool, float]:
+    """(same, max abs difference) of two box sets in the same order: count, labels, ids exact;
+    centre, size, yaw and score to ``tol`` (the graph path rounds scores through float32)."""
+    if len(a) != len(b) or not np.array_equal(a.label, b.label):
+        return False, math.inf
+    if not len(a):
+        return True, 0.0
+    diff = max(float(np.abs(a.center - b.center).max()), float(np.abs(a.size - b.size).max()),
+               float(np.abs(_wrap(a.yaw - b.yaw)).max()), float(np.abs(a.score - b.score).max()))
+    return diff <= tol, diff
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics and report
+
+
+def latency_summary(values_ms: list[float]) -> dict:
+    v = np.asarray([x for x in values_ms if np.isfinite(x)], dtype=np.float64)
+    if not v.size:
+        return {"n": 0, "p50": None, "p99": None, "mean": None, "max": None}
+    return {"n": int(v.size), "p50": round(float(np.percentile(v, 50)), 3), "p99": round(float(np.percentile(v, 99)), 3),
+            "mean": round(float(v.mean()), 3), "max": round(float(v.max()), 3)}
+
+
+def detection_metrics(gt_frames: list[Boxes], pred_frames: list[Boxes]) -> dict:
+    from perception.metrics import evaluate
+    return evaluate(gt_frames, pred_frames)
+
+
+def format_report(report: dict) -> str:
+    lines = [f"replay of {report['bag']} through {report['graph']} (model {report['model']}): "
+             f"{report['frames']['processed']} of {report['frames']['clouds']} clouds processed"
+             + (f", dropped {report['frames']['dropped']}" if report['frames']['dropped'] else "")]
+    lines.append(f"{'latency (ms)':<24}{'n':>6}{'p50':>9}{'p99':>9}{'mean':>9}{'max':>9}")
+    fmt = lambda v: f"{'-':>9}" if v is None else f"{v:>9.2f}"  # noqa: E731
+    for stage, s in report["latency_ms"].items():
+        lines.append(f"{stage:<24}{s['n']:>6}" + "".join(fmt(s[k]) for k in ("p50", "p99", "mean", "max")))
+    metrics = report.get("metrics")
+    if metrics is None:
+        lines.append(f"metrics: none ({report.get('metrics_note', 'no ground truth in the bag')})")
+    else:
+        lines.append(f"metrics against {metrics['ground_truth_topic']} on {metrics['frames']} frames "
+                     f"({metrics['ground_truth_filter']}):")
+        lines.append(f"{'stage':<11}{'class':<12}{'GT':>6}{'pred':>6}{'AP@2m':>8}{'recall@2m':>11}")
+        for stage in ("detection", "tracking"):
+            for name, e in metrics[stage]["classes"].items():
+                if not e["n_gt"] and not e["n_pred"]:
+                    continue
+                ap = e["ap"].get("2.0") if e["ap"] else None
+                rec = e["recall_at_tp_threshold"]
+                lines.append(f"{stage:<11}{name.lower():<12}{e['n_gt']:>6}{e['n_pred']:>6}"
+                             f"{'-' if ap is None else format(ap, '.3f'):>8}{'-' if rec is None else format(rec, '.3f'):>11}")
+            m = metrics[stage]["mAP"]
+            lines.append(f"{stage:<11}{'mAP':<12}{'':>12}{'-' if m is None else format(m, '.3f'):>8}")
+    eq = report.get("equivalence")
+    if eq is not None:
+        lines.append(f"graph vs in-process: {'SAME' if eq['same'] else 'DIFFERENT'} on {eq['frames']} frames "
+                     f"(max difference {eq['max_difference']})")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# The replay
+
+
+def _read_poses_and_truth(reader, roles: dict) -> tuple[PoseBuffer, GroundTruth | None]:
+    wanted = [roles["odom"]] + ([roles["gt"]] if roles["gt"] else [])
+    poses, truth = [], []
+    for topic, _, msg in reader.messages(wanted):
+        if topic == roles["odom"]:
+            poses.append(rc.ego_from_odometry(msg))
+        else:
+            truth.append(rc.boxes_from_objects(msg))
+    return PoseBuffer(poses), (GroundTruth(truth) if roles["gt"] else None)
+
+
+def replay(opts: ReplayOptions) -> dict:
+    """Run the replay; writes OUT/replay.mcap and OUT/replay.json and returns the report."""
+    from adstack.bag import BagReader, BagWriter
+
+    if opts.graph not in GRAPHS:
+        raise UserError(f"unknown --graph {opts.graph!r}; choose from {', '.join(GRAPHS)}")
+    if opts.rate < 0 or not math.isfinite(opts.rate):
+        raise UserError(f"--rate must be >= 0 (0: as fast as possible), got {opts.rate}")
+    wall0 = time.perf_counter()
+    out = Path(opts.out)
+    with BagReader(opts.bag) as reader:
+        roles = resolve_topics(reader.topics, opts.topic_map, opts.bag)
+        node_cfg = lidar_node_config()
+        poses, truth = _read_poses_and_truth(reader, roles)
+        out.mkdir(parents=True, exist_ok=True)
+        inproc = InProcessStack(opts.model, node_cfg)
+        graph = None
+        if opts.graph == "ros2":
+            graph = GraphStack(opts.model, node_cfg, out, opts.domain_id, opts.node_timeout_s)
+        view = None
+        if opts.viz:
+            from adstack.viz import LiveView
+            view = LiveView(port=opts.viz_port)
+        tmp_bag = out / ".replay.bag"
+        writer = BagWriter(tmp_bag, overwrite=True)
+        try:
+            frames, gate, stage_ms, compare = _run_loop(reader, roles, poses, node_cfg, inproc, graph, writer, view, opts)
+        finally:
+            writer.close()
+            if graph is not None:
+                graph.close()
+            if view is not None:
+                view.close()
+        from sim.drive import single_file_log
+        single_file_log(tmp_bag, out / OUTPUT_FILE)
+        n_clouds = reader.topics[roles["lidar"]].count
+
+    report = {
+        "bag": str(opts.bag), "graph": opts.graph, "model": opts.model, "rate": opts.rate,
+        "topics": roles,
+        "frames": {"clouds": n_clouds, "processed": len(frames), "dropped": dict(gate.drops),
+                   "nonfinite_points_dropped": gate.nonfinite_points},
+        "latency_ms": {stage: latency_summary(v) for stage, v in stage_ms.items()},
+        "outputs": [str(out / OUTPUT_FILE), str(out / REPORT_FILE)],
+    }
+    if truth is None:
+        report["metrics"] = None
+        report["metrics_note"] = "no ground-truth objects in the bag"
+    else:
+        report.update(_metrics(frames, truth, roles["gt"], node_cfg))
+    if compare is not None:
+        report["equivalence"] = compare
+    report["wall_s"] = round(time.perf_counter() - wall0, 3)
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=2, default=_json_default))
+    return report
+
+
+def _metrics(frames: list[Frame], truth: GroundTruth, gt_topic: str, node_cfg) -> dict:
+    mount = (node_cfg.mount_x_m, node_cfg.mount_y_m, node_cfg.mount_z_m, node_cfg.mount_yaw_rad)
+    gts, dets, trks = [], [], []
+    filtered = False
+    for f in frames:
+        gt = truth.at(f.stamp)
+        if gt is None:
+            continue
+        if f.cloud.actor_ids is not None:
+            filtered = True
+        origin = sensor_pose(f.pose, mount)
+        gts.append(to_sensor_frame(visible_ground_truth(gt, f.cloud), origin))
+        dets.append(to_sensor_frame(f.detections, origin))
+        trks.append(to_sensor_frame(f.tracks, origin))
+    if not gts:
+        return {"metrics": None, "metrics_note": f"no ground truth on {gt_topic} near any cloud's stamp"}
+    return {"metrics": {
+        "ground_truth_topic": gt_topic, "frames": len(gts),
+        "ground_truth_filter": ("boxes hit by >= 1 lidar point (nuScenes)" if filtered
+                                else "all boxes (the clouds carry no per-point actor ids)"),
+        "detection": detection_metrics(gts, dets), "tracking": detection_metrics(gts, trks)}}
+
+
+def _run_loop(reader, roles, poses, node_cfg, inproc, graph, writer, view, opts):
+    """The main loop over the bag in log-time order. Returns (frames, gate, stage latencies, comparison)."""
+    gate = CloudGate(poses, node_cfg.max_points, node_cfg.max_pose_age_s)
+    frames: list[Frame] = []
+    stage_ms: dict[str, list[float]] = {"decode": [], "detect": [], "track": []}
+    if graph is not None:
+        stage_ms.update({"graph_detections_e2e": [], "graph_tracks_e2e": []})
+    same, max_diff, n_compared = True, 0.0, 0
+    route_xy = None
+    first_log_ns, wall_start = None, time.perf_counter()
+    wanted = [t for t in (roles["lidar"], roles["odom"], roles["gt"], roles["route"]) if t]
+    n_clouds = reader.topics[roles["lidar"]].count
+    for topic, log_ns, msg in reader.messages(wanted):
+        if first_log_ns is None:
+            first_log_ns = log_ns
+        if opts.rate > 0:  # recorded timing, scaled
+            delay = wall_start + (log_ns - first_log_ns) * 1e-9 / opts.rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        t = log_ns * 1e-9
+        if topic == roles["odom"]:
+            ego = rc.ego_from_odometry(msg)
+            writer.write_odometry(topics.KINEMATIC_STATE, ego, t)
+            writer.write_tf(ego, t=t)
+        elif topic == roles["gt"]:
+            writer.write_objects(topics.GROUND_TRUTH_OBJECTS, rc.boxes_from_objects(msg), t, tracked=True)
+        elif topic == roles["route"]:
+            try:
+                data = json.loads(msg.data)
+                writer.write_json(topics.ROUTE, data, t)
+                route_xy = np.asarray(data.get("path", []), dtype=np.float64).reshape(-1, 2)
+            except (ValueError, AttributeError):
+                pass
+        else:
+            t0 = time.perf_counter()
+            accepted = gate.accept(msg, topic)
+            if accepted is None:
+                continue
+            stage_ms["decode"].append((time.perf_counter() - t0) * 1e3)
+            cloud, pose = accepted
+            detections, tracks, ms = inproc.process(cloud, pose)
+            stage_ms["detect"].append(ms["detect"])
+            stage_ms["track"].append(ms["track"])
+            if graph is not None:
+                g_det, g_trk, g_ms = graph.process(cloud, poses)
+                stage_ms["graph_detections_e2e"].append(g_ms["detections_e2e"])
+                stage_ms["graph_tracks_e2e"].append(g_ms["tracks_e2e"])
+                for mine, theirs in ((detections, g_det), (tracks, g_trk)):
+                    ok, diff = compare_boxes(mine, theirs)
+                    same &= ok and np.array_equal(mine.ids, theirs.ids)
+                    max_diff = max(max_diff, diff)
+                n_compared += 1
+                detections, tracks = g_det, g_trk  # record what the graph produced
+            frames.append(Frame(cloud.stamp, log_ns, cloud, pose, detections, tracks, ms["detect"], ms["track"]))
+            writer.write_pointcloud(topics.LIDAR_POINTS, cloud, t)
+            writer.write_objects(topics.DETECTED_OBJECTS, detections, t, tracked=False)
+            writer.write_objects(topics.TRACKED_OBJECTS, tracks, t, tracked=True)
+            if view is not None:
+                view.publish_state(cloud.stamp, pose, cloud, tracks, None, route_xy)
+            if opts.progress and len(frames) % 10 == 0:
+                print(f"replay: {len(frames)}/{n_clouds} clouds", file=sys.stderr, flush=True)
+    compare = None
+    if graph is not None:
+        compare = {"frames": n_compared, "same": bool(same and n_compared > 0),
+                   "max_difference": None if not math.isfinite(max_diff) else max_diff}
+    return frames, gate, stage_ms, compare
+
+
+def _json_default(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return str(v)
