@@ -329,25 +329,39 @@ def decode_pointcloud2(msg, *, max_points: int = MAX_POINTS, allow_empty: bool =
 
     if row_step != width * point_step:  # padded rows: drop the padding
         raw = np.ascontiguousarray(raw.reshape(height, row_step)[:, : width * point_step]).reshape(-1)
-    wanted = [name for name in ("x", "y", "z", "intensity", "label", "actor_id") if name in fields]
-    dtype = np.dtype({"names": wanted,
-                      "formats": ["<" + np.dtype(POINTFIELD_DTYPE[fields[k][1]]).str[1:] for k in wanted],
-                      "offsets": [fields[k][0] for k in wanted], "itemsize": point_step})
-    structured = raw.view(dtype)
-    points = np.empty((n, 4), dtype=np.float32)
-    for i, name in enumerate(_XYZI):
-        points[:, i] = structured[name] if name in fields else 0.0
-    finite = np.isfinite(points).all(axis=1)
-    dropped = int(n - np.count_nonzero(finite))
+    if point_step == 16 and all(fields.get(name, (None,))[:2] == (4 * i, FLOAT32) for i, name in enumerate(_XYZI)):
+        points = raw.view("<f4").reshape(n, 4).astype(np.float32)  # adstack's own layout: one copy
+    else:
+        wanted = [name for name in _XYZI if name in fields]
+        dtype = np.dtype({"names": wanted,
+                          "formats": ["<" + np.dtype(POINTFIELD_DTYPE[fields[k][1]]).str[1:] for k in wanted],
+                          "offsets": [fields[k][0] for k in wanted], "itemsize": point_step})
+        structured = raw.view(dtype)
+        points = np.empty((n, 4), dtype=np.float32)
+        for i, name in enumerate(_XYZI):
+            points[:, i] = structured[name] if name in fields else 0.0
     labels = actor_ids = None
     if "label" in fields:
-        labels = np.asarray(structured["label"], dtype=np.int32)
-        actor_ids = np.asarray(structured["actor_id"], dtype=np.int32) if "actor_id" in fields else np.full(n, -1, np.int32)
-    if dropped:
+        labels = _int_field(raw, fields["label"], point_step)
+        actor_ids = _int_field(raw, fields["actor_id"], point_step) if "actor_id" in fields else np.full(n, -1, np.int32)
+    # A float64 sum of float32 values cannot overflow, so it is finite exactly when every value is.
+    dropped = 0
+    with np.errstate(invalid="ignore", over="ignore"):  # inf + -inf is the NaN we are looking for
+        all_finite = bool(np.isfinite(points.sum(dtype=np.float64)))
+    if not all_finite:
+        finite = np.isfinite(points).all(axis=1)
+        dropped = int(n - np.count_nonzero(finite))
         points = points[finite]
         if labels is not None:
             labels, actor_ids = labels[finite], actor_ids[finite]
     return PointCloud(points, frame_id, stamp, labels, actor_ids), dropped
+
+
+def _int_field(raw: np.ndarray, field: tuple, point_step: int) -> np.ndarray:
+    offset, datatype, _ = field
+    dtype = np.dtype({"names": ["v"], "formats": ["<" + np.dtype(POINTFIELD_DTYPE[datatype]).str[1:]],
+                      "offsets": [offset], "itemsize": point_step})
+    return np.asarray(raw.view(dtype)["v"], dtype=np.int32)
 
 
 def pointcloud_from_msg(msg, **kwargs) -> PointCloud:

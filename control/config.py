@@ -51,6 +51,9 @@ class ControllerConfig:
     # A trajectory older than this (by its stamp) is stale: controlled stop.
     stale_timeout_s: float = 0.5
     safe_stop_decel_mps2: float = 4.0  # controlled stop on a stale, empty or invalid trajectory
+    # A plan that asks for harder braking than this is an emergency: the command says so and the
+    # braking may build up at limits.emergency_jerk_mps3 (sim/vehicle.py honours Command.emergency).
+    emergency_decel_mps2: float = 5.0
 
     def __post_init__(self):
         if self.lateral.method not in LATERAL_METHODS:

@@ -83,10 +83,11 @@ class Controller:
         debug.status = status
         debug.steer_unclamped_rad = float(steer)
         debug.accel_unclamped_mps2 = float(accel)
-        steer, accel = self._clamp(steer, accel, dt)
+        emergency = status == "ok" and accel < -cfg.emergency_decel_mps2
+        steer, accel = self._clamp(steer, accel, dt, emergency)
         debug.integral_mps2 = self._integral
         self.debug = debug
-        return Command(steer=steer, accel=accel, stamp=t, emergency=False)
+        return Command(steer=steer, accel=accel, stamp=t, emergency=emergency)
 
     # ------------------------------------------------------------- the parts
     def _usable_path(self, trajectory: Trajectory | None, t: float):
@@ -164,14 +165,17 @@ class Controller:
             return -self.config.longitudinal.stop_hold_decel_mps2
         return -self.config.safe_stop_decel_mps2 if ego.v > 0 else self.config.safe_stop_decel_mps2
 
-    def _clamp(self, steer: float, accel: float, dt: float) -> tuple[float, float]:
+    def _clamp(self, steer: float, accel: float, dt: float, emergency: bool = False) -> tuple[float, float]:
         """Rate limits around the previous command, then the absolute limits (which always win)."""
         lim = self.config.limits
         max_dsteer = lim.max_steer_rate_rad_s * dt
         steer = float(np.clip(steer, self._last_steer - max_dsteer, self._last_steer + max_dsteer))
         steer = float(np.clip(steer, -lim.max_steer_rad, lim.max_steer_rad))
         max_daccel = lim.max_jerk_mps3 * dt
-        accel = float(np.clip(accel, self._last_accel - max_daccel, self._last_accel + max_daccel))
+        if emergency:  # the brakes may come on faster; releasing them still goes at the normal rate
+            accel = float(np.clip(accel, self._last_accel - lim.emergency_jerk_mps3 * dt, self._last_accel + max_daccel))
+        else:
+            accel = float(np.clip(accel, self._last_accel - max_daccel, self._last_accel + max_daccel))
         accel = float(np.clip(accel, -lim.max_decel_mps2, lim.max_accel_mps2))
         self._last_steer, self._last_accel = steer, accel
         return steer, accel

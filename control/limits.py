@@ -21,10 +21,11 @@ class VehicleLimits:
     max_accel_mps2: float = 3.0
     max_decel_mps2: float = 8.0  # positive number: the strongest braking, accel >= -max_decel
     max_jerk_mps3: float = 10.0
+    emergency_jerk_mps3: float = 40.0  # how fast the brakes may come on in an emergency (Command.emergency)
 
     def __post_init__(self):
         for name in ("wheelbase_m", "max_steer_rad", "max_steer_rate_rad_s", "max_accel_mps2",
-                     "max_decel_mps2", "max_jerk_mps3"):
+                     "max_decel_mps2", "max_jerk_mps3", "emergency_jerk_mps3"):
             value = getattr(self, name)
             if not (value > 0.0):
                 raise DataError(f"vehicle limit {name} must be > 0, got {value!r}", "VehicleLimits")

@@ -276,8 +276,6 @@ class Traffic:
         self._lane_orig = {ln.getID(): _parse_odr_lane(ln.getParam("origId", "")) for e in normal for ln in e.getLanes()}
         self._lane_shape = {ln.getID(): np.asarray(ln.getShape(), dtype=np.float64)[:, :2] for e in normal for ln in e.getLanes()}
         self._started = False
-        self._labels = {t.name: (ObjectClass.CYCLIST if t.vclass == "bicycle" else ObjectClass.VEHICLE)
-                        for t in config.vehicle_types}
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -301,8 +299,7 @@ class Traffic:
         self._next_person = 0
         self._actor_ids: dict[str, int] = {EGO_SUMO_ID: EGO_ACTOR_ID}
         self._next_actor_id = 1
-        self._size: dict[str, tuple] = {}
-        self._label: dict[str, int] = {}
+        self._shape: dict[str, tuple] = {}  # SUMO id -> ((length, width, height), ObjectClass)
         self._steps_since_refill = 0
         self._define_types(ego_size)
         self._signal_lanes = self._collect_signal_lanes()
@@ -415,8 +412,6 @@ class Traffic:
         ts.route.add(f"r_{vid}", edges)
         ts.vehicle.add(vid, f"r_{vid}", typeID=spec.name, depart="now", departLane="best",
                        departPos="random_free", departSpeed="avg")
-        self._size[vid] = (spec.length, spec.width, spec.height)
-        self._label[vid] = int(self._labels[spec.name])
 
     def _spawn_pedestrian(self) -> None:
         ts = self._ts
@@ -429,8 +424,6 @@ class Traffic:
         ts.person.add(pid, start, start_pos, depart=-3, typeID="walker")  # -3: depart now
         for stage in stages:
             ts.person.appendStage(pid, stage)
-        self._size[pid] = self.config.pedestrian_size
-        self._label[pid] = int(ObjectClass.PEDESTRIAN)
 
     def refill(self) -> None:
         """Extend routes of actors about to arrive and re-spawn any that left, keeping the counts."""
@@ -511,6 +504,19 @@ class Traffic:
     def time(self) -> float:
         return float(self._ts.simulation.getTime())
 
+    def _actor_shape(self, sumo_id: str, person: bool) -> tuple:
+        """Box size from the actor's SUMO vType and its class (vClass bicycle -> CYCLIST), once per actor."""
+        shape = self._shape.get(sumo_id)
+        if shape is None:
+            domain = self._ts.person if person else self._ts.vehicle
+            size = (domain.getLength(sumo_id), domain.getWidth(sumo_id), domain.getHeight(sumo_id))
+            if person:
+                label = ObjectClass.PEDESTRIAN
+            else:
+                label = ObjectClass.CYCLIST if domain.getVehicleClass(sumo_id) == "bicycle" else ObjectClass.VEHICLE
+            shape = self._shape[sumo_id] = (size, int(label))
+        return shape
+
     def _actor_id(self, sumo_id: str) -> int:
         actor_id = self._actor_ids.get(sumo_id)
         if actor_id is None:
@@ -525,12 +531,11 @@ class Traffic:
         if key != self._population_key:  # ids, sizes and labels change only when someone comes or goes
             self._population_key = key
             vids = tuple(v for v in key[0] if v != EGO_SUMO_ID)
+            shapes = [self._actor_shape(i, False) for i in vids] + [self._actor_shape(i, True) for i in key[1]]
             self._population = (vids, key[1], vids + key[1],
-                                np.array([self._actor_id(s) for s in vids + key[1]], dtype=np.int64),
-                                np.array([self._size.get(s, (4.6, 1.9, 1.5)) for s in vids + key[1]],
-                                         dtype=np.float64).reshape(-1, 3),
-                                np.array([self._label.get(s, int(ObjectClass.VEHICLE)) for s in vids + key[1]],
-                                         dtype=np.int32))
+                                np.array([self._actor_id(i) for i in vids + key[1]], dtype=np.int64),
+                                np.array([sh[0] for sh in shapes], dtype=np.float64).reshape(-1, 3),
+                                np.array([sh[1] for sh in shapes], dtype=np.int32))
         vids, pids, sumo_ids, ids, size, label = self._population
         f = self._getters
         pos = np.array([f.v_pos(i) for i in vids] + [f.p_pos(i) for i in pids], dtype=np.float64).reshape(-1, 3)

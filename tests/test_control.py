@@ -47,13 +47,14 @@ def lane_change(width=3.5, length=40.0):
 
 def run_closed_loop(ctrl, traj_fn, car, seconds, dt=DT):
     """Drive ``car`` for ``seconds``; ``traj_fn(t)`` gives the trajectory each tick. Returns the log."""
-    log = {"t": [], "x": [], "y": [], "v": [], "steer": [], "accel": [], "cte": [], "status": []}
+    log = {"t": [], "x": [], "y": [], "v": [], "steer": [], "accel": [], "cte": [], "status": [], "emergency": []}
     for k in range(int(round(seconds / dt))):
         t = k * dt
         ego = car.state()
         cmd = ctrl.step(ego, traj_fn(t), t)
         for key, val in (("t", t), ("x", ego.x), ("y", ego.y), ("v", ego.v), ("steer", cmd.steer),
-                         ("accel", cmd.accel), ("cte", ctrl.debug.cross_track_m), ("status", ctrl.debug.status)):
+                         ("accel", cmd.accel), ("cte", ctrl.debug.cross_track_m), ("status", ctrl.debug.status),
+                         ("emergency", cmd.emergency)):
             log[key].append(val)
         car.tick(cmd, dt)
     return {k: np.asarray(v) for k, v in log.items()}
@@ -65,7 +66,11 @@ def assert_within_limits(log, limits: VehicleLimits, dt=DT):
     assert np.all(np.abs(np.diff(log["steer"])) <= limits.max_steer_rate_rad_s * dt + eps)
     assert np.all(log["accel"] <= limits.max_accel_mps2 + eps)
     assert np.all(log["accel"] >= -limits.max_decel_mps2 - eps)
-    assert np.all(np.abs(np.diff(log["accel"])) <= limits.max_jerk_mps3 * dt + eps)
+    daccel = np.diff(log["accel"])
+    # Braking may come on at the emergency jerk only on commands flagged as emergencies.
+    brake_jerk = np.where(log["emergency"][1:], limits.emergency_jerk_mps3, limits.max_jerk_mps3)
+    assert np.all(daccel <= limits.max_jerk_mps3 * dt + eps)
+    assert np.all(daccel >= -brake_jerk * dt - eps)
 
 
 def fresh(traj: Trajectory):
@@ -198,6 +203,7 @@ def test_bad_trajectory_gives_controlled_stop(kind):
     assert set(log["status"][after]) == {expected}
     # Braking at the configured controlled-stop rate (not an emergency), reached under the jerk limit.
     assert log["accel"][after].min() == pytest.approx(-ctrl.config.safe_stop_decel_mps2)
+    assert not log["emergency"].any()
     assert log["v"][-1] == 0.0
     stop_distance = log["x"][-1] - log["x"][np.argmax(after)]
     assert stop_distance < 10.0**2 / (2 * ctrl.config.safe_stop_decel_mps2) + 10.0 * 0.6
@@ -248,3 +254,21 @@ def test_closed_loop_with_the_simulator_vehicle():
     assert model.state.y == pytest.approx(3.5, abs=0.05)
     assert abs(model.state.v - 12.0) < 0.2
     assert max(errors) < 0.3
+
+
+def test_hard_braking_request_is_an_emergency():
+    """A plan that suddenly stops 12 m ahead at 12 m/s: flagged emergency, brakes build up fast."""
+    ctrl = Controller()
+    car = KinematicBicycle(v=12.0)
+    x = np.arange(0.0, 100.0, 0.5)
+
+    def traj(t):
+        v = np.full_like(x, 12.0) if t < 1.0 else np.where(x < 12.0 + 12.0 * 1.0, 12.0 * np.clip((24.0 - x) / 12.0, 0, 1), 0.0)
+        return Trajectory(path_trajectory(np.column_stack([x, np.zeros_like(x)]), v).points, stamp=t)
+
+    log = run_closed_loop(ctrl, traj, car, 5.0)
+    assert log["emergency"].any()
+    hard = log["accel"] <= -ctrl.config.limits.max_decel_mps2 + 1e-9
+    first = np.argmax(log["emergency"])
+    assert hard.any() and log["t"][np.argmax(hard)] - log["t"][first] < 0.4  # full braking within 0.4 s
+    assert_within_limits(log, ctrl.config.limits)

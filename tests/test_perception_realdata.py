@@ -105,4 +105,4 @@ def test_eval_cli_on_a_collected_dataset(tmp_path, capsys):
     assert eval_cli.run_detector_eval(args) == 0
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["frames"] == ["val/000000"]
-    assert metrics["classes"]["VEHICLE"]["n_gt"] == 2   # the car at 34.8 m and the van; the truck-free frame
+    assert metrics["classes"]["VEHICLE"]["n_gt"] == 1   # the car at 34.8 m (the other label is Misc)
