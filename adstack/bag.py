@@ -109,9 +109,25 @@ class BagWriter:
         self.write_msg(topic, msg, _ns(ego.stamp if t is None else t))
 
     def write_objects(self, topic: str, boxes: Boxes, t: float | None = None, tracked: bool | None = None) -> None:
-        """DetectedObjects, or TrackedObjects when ``tracked`` (default: when any id is >= 0)."""
+        """DetectedObjects, or TrackedObjects when ``tracked``.
+
+        A topic keeps one type. ``tracked=None`` decides on the topic's first write: tracked when
+        any id is >= 0; for an empty first frame, when the topic name says so (``tracking`` or
+        ``ground_truth``). Later frames follow the topic's type; ids >= 0 on a detections topic
+        are an error rather than silently dropped.
+        """
+        conn = self._connections.get(topic)
+        has_ids = bool(len(boxes)) and bool((boxes.ids >= 0).any())
         if tracked is None:
-            tracked = bool(len(boxes)) and bool((boxes.ids >= 0).any())
+            if conn is not None:
+                tracked = conn.msgtype.endswith("/TrackedObjects")
+                if not tracked and has_ids:
+                    raise DataError(f"topic {topic} holds DetectedObjects but these boxes carry track ids; "
+                                    "pass tracked=True on its first write", self.path)
+            elif len(boxes):
+                tracked = has_ids
+            else:
+                tracked = "tracking" in topic or "ground_truth" in topic
         t_ns = _ns(boxes.stamp if t is None else t)
         typename = "autoware_perception_msgs/msg/" + ("TrackedObjects" if tracked else "DetectedObjects")
         self.write_cdr(topic, typename, rc.objects_to_cdr(boxes, tracked, self.store), t_ns)

@@ -130,12 +130,15 @@ def declare_params(node, cls, yaml_path: str | Path | None = None, dynamic: bool
     params = from_dict(cls, _nest(values), source)
 
     def on_set(changes):
+        # The callback sees every parameter of the node (also ones declared later elsewhere, and
+        # use_sim_time): judge only our own.
+        ours = [p for p in changes if p.name in flat]
+        if not ours:
+            return SetParametersResult(successful=True)
         if not dynamic:
             return SetParametersResult(successful=False, reason="parameters are fixed at start-up")
         candidate = dict(values)
-        for p in changes:
-            if p.name not in flat:
-                return SetParametersResult(successful=False, reason=f"unknown parameter {p.name}")
+        for p in ours:
             candidate[p.name] = _plain(p.value)
         try:
             updated = from_dict(cls, _nest(candidate), source)

@@ -59,7 +59,12 @@ class Lane:
     predecessors: list = field(default_factory=list)
     left: LaneKey | None = None   # same-direction driving neighbour, whatever the marking says
     right: LaneKey | None = None
-    lane_change_left: bool = False  # the marking allows changing into ``left``
+    # The longest stretch (s_from, s_to) of this lane along which the marking allows changing into
+    # ``left`` / ``right``; None where it never does. ``lane_change_left``/``_right``: that stretch
+    # is at least lane_change_min_stretch_m long (or half the lane), so a legal change fits.
+    lane_change_left_range: tuple | None = None
+    lane_change_right_range: tuple | None = None
+    lane_change_left: bool = False
     lane_change_right: bool = False
 
     @property
@@ -229,7 +234,8 @@ class HDMap:
             # most ``spacing`` of lane arc length.
             s = np.linspace(0.0, raw_s[-1], max(2, int(math.ceil(raw_s[-1] / spacing - 1e-9)) + 1))
             xy = np.column_stack([np.interp(s, raw_s, xy[:, 0]), np.interp(s, raw_s, xy[:, 1])])
-            rows = np.column_stack([np.interp(s, raw_s, rows[:, c]) for c in range(6)] + [np.interp(s, raw_s, rows[:, 6]).round()])
+            nearest_raw = np.rint(np.interp(s, raw_s, np.arange(len(raw_s)))).astype(np.int64)  # flags don't interpolate
+            rows = np.column_stack([np.interp(s, raw_s, rows[:, c]) for c in range(6)] + [rows[nearest_raw, 6]])
             mid = waypoints[len(waypoints) // 2]
             lane_change = rows[:, 6].astype(np.int64)
             is_junction = bool(mid.is_junction)
@@ -239,8 +245,8 @@ class HDMap:
                 speed_limit=self._speed_limit(key, float(np.median(rows[:, 4]))),
                 is_junction=is_junction, junction_id=int(mid.junction_id) if is_junction else -1,
                 successors=list(successors.get(key, [])),
-                lane_change_left=not is_junction and bool(np.mean((lane_change & LANE_CHANGE_LEFT) > 0) >= 0.5),
-                lane_change_right=not is_junction and bool(np.mean((lane_change & LANE_CHANGE_RIGHT) > 0) >= 0.5),
+                lane_change_left_range=None if is_junction else _longest_run(s, (lane_change & LANE_CHANGE_LEFT) > 0),
+                lane_change_right_range=None if is_junction else _longest_run(s, (lane_change & LANE_CHANGE_RIGHT) > 0),
             )
             lane.left = _same_direction_neighbour(mid, mid.get_left_lane(), driving)
             lane.right = _same_direction_neighbour(mid, mid.get_right_lane(), driving)
@@ -249,8 +255,12 @@ class HDMap:
             lane.successors = [k for k in lane.successors if k in self.lanes]
             lane.left = lane.left if lane.left in self.lanes else None
             lane.right = lane.right if lane.right in self.lanes else None
-            lane.lane_change_left &= lane.left is not None
-            lane.lane_change_right &= lane.right is not None
+            min_stretch = min(self.params.lane_change_min_stretch_m, 0.5 * lane.length)
+            for side in ("left", "right"):
+                if getattr(lane, side) is None:
+                    setattr(lane, f"lane_change_{side}_range", None)
+                stretch = getattr(lane, f"lane_change_{side}_range")
+                setattr(lane, f"lane_change_{side}", stretch is not None and stretch[1] - stretch[0] >= min_stretch - 1e-9)
             for k in lane.successors:
                 self.lanes[k].predecessors.append(key)
         # CARLA towns give speeds on normal roads only; a junction lane without its own takes the
@@ -381,13 +391,9 @@ class HDMap:
         return sorted(found, key=lambda item: item[0])
 
     # ------------------------------------------------------------------ queries
-    def _project_many(self, xy: np.ndarray, yaw: np.ndarray | None, k: int, require_heading: bool):
-        """Best lane-segment projection of each of the (N,2) points ``xy`` among its k nearest points.
-
-        Returns lane index (N,) (-1 where no candidate qualifies), distance, lateral (left +), s.
-        With ``yaw`` a candidate must head within ``heading_tolerance_rad``; when none of a point's
-        candidates does, the nearest of any heading is used unless ``require_heading``.
-        """
+    def _segment_candidates(self, xy: np.ndarray, k: int):
+        """Projections of each (N,2) point onto the two lane segments beside each of its k nearest
+        lane samples: lane index, segment index, t along it, distance, lateral (left +), all (N, 2k)."""
         k = min(k, len(self._points))
         _, idx = self._tree.query(xy, k=k)
         idx = idx.reshape(len(xy), k)
@@ -395,7 +401,6 @@ class HDMap:
         start = self._offsets[lane_idx]
         local = idx - start
         last_segment = self._point_count[idx] - 2
-        # Each nearest point's two adjacent segments are the candidates.
         seg = np.concatenate([start + np.clip(local - 1, 0, last_segment), start + np.clip(local, 0, last_segment)], axis=1)
         lane_idx = np.concatenate([lane_idx, lane_idx], axis=1)
         direction, length = self._seg_dir[seg], self._seg_len[seg]
@@ -404,6 +409,16 @@ class HDMap:
         off = rel - direction * t[..., None]
         distance = np.hypot(off[..., 0], off[..., 1])
         lateral = direction[..., 0] * rel[..., 1] - direction[..., 1] * rel[..., 0]
+        return lane_idx, seg, t, distance, lateral
+
+    def _project_many(self, xy: np.ndarray, yaw: np.ndarray | None, k: int, require_heading: bool):
+        """Best lane-segment projection of each of the (N,2) points ``xy`` among its k nearest points.
+
+        Returns lane index (N,) (-1 where no candidate qualifies), distance, lateral (left +), s.
+        With ``yaw`` a candidate must head within ``heading_tolerance_rad``; when none of a point's
+        candidates does, the nearest of any heading is used unless ``require_heading``.
+        """
+        lane_idx, seg, t, distance, lateral = self._segment_candidates(xy, k)
         score = distance.copy()
         if yaw is not None:
             dyaw = np.abs(wrap_angle(self._seg_heading[seg] - yaw[:, None]))
@@ -453,14 +468,40 @@ class HDMap:
         lane_idx, _, lateral, s = self._query((x, y), yaw, require_heading=False)
         return self._lane_keys[int(lane_idx[0])], float(lateral[0]), float(s[0])
 
-    def snap(self, x: float, y: float, yaw: float | None = None, what: str = "pose") -> tuple[LaneKey, float]:
-        """Lane and s for a route start or goal; UserError if no lane heading that way is near."""
-        lane_idx, distance, _, s = self._query((x, y), yaw, require_heading=True)
-        if lane_idx[0] < 0 or distance[0] > self.params.snap_max_distance_m:
+    def snap_candidates(self, x: float, y: float, yaw: float | None = None, what: str = "pose") -> list:
+        """Lanes a route may start or end on at (x, y): [(key, s, distance_m)], nearest first.
+
+        The nearest lane heading within ``heading_tolerance_rad`` of ``yaw`` (any, when yaw is None)
+        and every other such lane no more than ``snap_ambiguity_m`` farther: where junction lanes
+        overlap the router then takes whichever gives the shortest route. UserError when no lane
+        qualifies within ``snap_max_distance_m``.
+        """
+        p = self.params
+        xy = np.array([[float(x), float(y)]])
+        for k in (16, 128):
+            lane_idx, seg, t, distance, _ = self._segment_candidates(xy, k)
+            lane_idx, seg, t, distance = lane_idx[0], seg[0], t[0], distance[0]
+            ok = distance <= p.snap_max_distance_m
+            if yaw is not None:
+                ok &= np.abs(wrap_angle(self._seg_heading[seg] - float(yaw))) <= p.heading_tolerance_rad
+            if ok.any():
+                break
+        else:
             heading = "" if yaw is None else f" heading {math.degrees(yaw):.0f} deg"
-            raise UserError(f"{what} ({x:.1f}, {y:.1f}){heading} is not within {self.params.snap_max_distance_m:g} m "
+            raise UserError(f"{what} ({x:.1f}, {y:.1f}){heading} is not within {p.snap_max_distance_m:g} m "
                             f"of a driving lane going that way", self.xodr_path)
-        return self._lane_keys[int(lane_idx[0])], float(s[0])
+        lane_idx, s_along, distance = lane_idx[ok], self._point_s[seg[ok]] + t[ok], distance[ok]
+        order = np.lexsort((distance, lane_idx))  # per lane, its nearest segment first
+        lanes, first = np.unique(lane_idx[order], return_index=True)
+        nearest = distance[order][first]
+        keep = nearest <= nearest.min() + p.snap_ambiguity_m
+        found = sorted(zip(nearest[keep].tolist(), lanes[keep].tolist(), s_along[order][first][keep].tolist()))
+        return [(self._lane_keys[i], s, d) for d, i, s in found]
+
+    def snap(self, x: float, y: float, yaw: float | None = None, what: str = "pose") -> tuple[LaneKey, float]:
+        """The nearest lane a route may start or end on at (x, y) and the s there (UserError if none)."""
+        key, s, _ = self.snap_candidates(x, y, yaw, what)[0]
+        return key, s
 
     def is_drivable(self, xy) -> np.ndarray:
         """(N,2) points -> (N,) bool, True inside the union of driving lanes."""
@@ -506,6 +547,19 @@ class HDMap:
     def __repr__(self) -> str:
         return (f"HDMap({self.name!r}, lanes={len(self.lanes)}, junctions={len(self.junction_ids)}, "
                 f"traffic_lights={len(self.traffic_lights)})")
+
+
+def _longest_run(s: np.ndarray, allowed: np.ndarray) -> tuple | None:
+    """(s_from, s_to) of the longest run of True samples, or None; a run reaches half-way to the
+    neighbouring samples, so a lane allowed everywhere gets (0, length)."""
+    if not allowed.any():
+        return None
+    edges = np.diff(np.concatenate([[0], allowed.astype(np.int8), [0]]))
+    begins, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1
+    mids = np.concatenate([[s[0]], 0.5 * (s[1:] + s[:-1]), [s[-1]]])
+    lengths = mids[ends + 1] - mids[begins]
+    i = int(np.argmax(lengths))
+    return float(mids[begins[i]]), float(mids[ends[i] + 1])
 
 
 def _key(waypoint) -> LaneKey:

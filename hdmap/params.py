@@ -16,9 +16,11 @@ class HDMapParams:
     waypoint_spacing_m: float = 1.0
     lane_change_penalty_m: float = 30.0
     lane_change_length_m: float = 15.0
+    lane_change_min_stretch_m: float = 10.0
     route_spacing_m: float = 1.0
     heading_tolerance_rad: float = 1.5707963
     snap_max_distance_m: float = 10.0
+    snap_ambiguity_m: float = 1.0
     backward_tolerance_m: float = 2.0
     default_speed_kmh_town: float = 50.0
     default_speed_kmh_low_speed: float = 30.0

@@ -96,6 +96,8 @@ def dense_route(hdmap, route_spec_or_waypoints, spacing: float = 1.0, yaw=None, 
     waypoint snaps to the nearest driving lane whatever its heading; the yaw in 1.0 files is not
     reliable (route 13 of routes_training.xml has a waypoint whose yaw points against its lane).
     ``use_yaw=True`` snaps only to lanes heading within ``heading_tolerance_rad`` of the yaw.
+    Lane changes follow the GlobalRoutePlanner's rule too: possible wherever the lane's marking
+    allows one anywhere along it (``plan_route(..., leaderboard=True)``).
     """
     if isinstance(route_spec_or_waypoints, RouteSpec):
         waypoints = route_spec_or_waypoints.waypoints
@@ -108,4 +110,4 @@ def dense_route(hdmap, route_spec_or_waypoints, spacing: float = 1.0, yaw=None, 
         yaw = None
     yaws = [None] * len(waypoints) if yaw is None else list(np.asarray(yaw, dtype=np.float64))
     poses = [(float(w[0]), float(w[1]), y) for w, y in zip(waypoints, yaws)]
-    return plan_route(hdmap, poses, spacing)
+    return plan_route(hdmap, poses, spacing, leaderboard=True)

@@ -165,7 +165,8 @@ class ClassicalDetector:
                      found["score"][keep], frame_id=frame_id, stamp=stamp)
 
     def _classify_clusters(self, obs: "_Obstacles", cluster: np.ndarray) -> dict:
-        """Box, class and score per cluster, and a mask of the points in clusters too big for any class."""
+        """Box, class and score per cluster, and ``leftover_points``: the points of clusters too big
+        for any class that are off their cluster's dominant line, for the next pass."""
         cfg = self.config
         empty = {"center": np.zeros((0, 3)), "size": np.zeros((0, 3)), "yaw": np.zeros(0), "edge_fraction": np.zeros(0),
                  "label": np.zeros(0, dtype=np.int32), "score": np.zeros(0),

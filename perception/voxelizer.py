@@ -66,7 +66,6 @@ class VoxelConfig:
         return np.asarray(self.voxel_size, dtype=np.float32)
 
 
-_EMPTY = np.int64(-1)
 _HASH_MULTIPLIER = np.uint64(11400714819323198485)  # 2**64 / golden ratio: Fibonacci hashing
 
 

@@ -70,7 +70,8 @@ def actor_obstacles(actors: Boxes | None, route: RouteView, window: slice, ego_x
         # minus the distance they can travel (no prediction, no per-step work for the rest).
         c = actors.center[near, :2]
         reach = (config.ego.width_m / 2 + 0.5 * np.hypot(actors.size[near, 0], actors.size[near, 1])
-                 + ac.lateral_margin_pedestrian_m + np.hypot(*actors.velocity[near].T) * ac.prediction_horizon_s)
+                 + ac.lateral_margin_pedestrian_m + ac.kerb_zone_m
+                 + np.hypot(*actors.velocity[near].T) * ac.prediction_horizon_s)
         near[np.flatnonzero(near)] = _min_dist2(c, path) < reach ** 2
     if not near.any():
         return ActorObstacles.empty()

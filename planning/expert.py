@@ -48,7 +48,7 @@ class Expert:
         self.config = config or ExpertConfig()
         self.route = RouteView(hdmap, route, self.config)
         self.stop_signs = StopSigns(self.route, self.config)
-        self.lane_changes = LaneChanges(hdmap, self.route)
+        self.lane_changes = LaneChanges(hdmap, self.route, self.config.lane_change)
         self.debug = ExpertDebug()
         self._last_t: float | None = None
         self._stuck_s = 0.0  # seconds stopped behind actors
@@ -87,7 +87,7 @@ class Expert:
         stop_why.append("route_end")
 
         relaxed = self._relaxed_until_s is not None and s_ego < self._relaxed_until_s
-        a_max, cruise = cfg.idm.max_accel_mps2, None
+        a_max = cfg.idm.max_accel_mps2
 
         def arrival_time(s_query):
             """Time for the ego front to reach s if it went now: accelerate to the limit, then cruise."""
@@ -99,6 +99,8 @@ class Expert:
             return np.where(d <= d_acc, t_in_acc, t_acc + (d - d_acc) / v_top)
 
         obstacles = actor_obstacles(actors, route, window, ego_xy, s_front, rear, arrival_time, cfg, relaxed)
+        if not relaxed:  # in deadlock mode creep towards the conflict instead
+            self._wait_at_junction_entry(obstacles, s_front)
         n_stop = len(stop_s)
         s_obs = np.concatenate([np.asarray(stop_s), obstacles.s])
         v_obs = np.concatenate([np.zeros(n_stop), obstacles.speed])
@@ -111,11 +113,15 @@ class Expert:
         kerb = [float(x) for x in np.sort(obstacles.caution_s)[:3]]
         kerb_v2, kerb_b = cfg.actors.kerb_speed_mps ** 2, 2.0 * cfg.speed.envelope_decel_mps2
 
-        def desired_speed(s_front_query: float) -> float:
-            v_des = min(float(np.interp(s_front_query - front, env_s, env_v)), creep)
-            for s_k in kerb:
+        preview = cfg.speed.envelope_preview_s
+
+        def desired_speed(s_front_query: float, v_query: float) -> float:
+            # Read the envelope a little ahead: the IDM then brakes in time to follow it down.
+            s_ahead = s_front_query + preview * v_query
+            v_des = min(float(np.interp(s_ahead - front, env_s, env_v)), creep)
+            for s_k in kerb:  # slow until the bumper is past the pedestrian, braking early by the preview
                 if s_front_query < s_k + 2.0:
-                    v_des = min(v_des, math.sqrt(kerb_v2 + kerb_b * max(s_k - s_front_query, 0.0)))
+                    v_des = min(v_des, math.sqrt(kerb_v2 + kerb_b * max(s_k - s_ahead, 0.0)))
             return v_des
 
         t_sim, s_sim, v_sim, accel, which = simulate(
@@ -138,6 +144,17 @@ class Expert:
         return traj
 
     # ------------------------------------------------------------------ helpers
+    def _wait_at_junction_entry(self, obstacles, s_front: float) -> None:
+        """Yield before a junction, not inside it: a crossing or standing actor whose conflict point
+        lies in a junction the ego has not entered yet is waited for at the junction's entrance."""
+        route = self.route
+        if len(obstacles.s) == 0 or not route.is_junction.any():
+            return
+        j = np.clip(np.searchsorted(route.s, obstacles.s), 0, len(route.s) - 1)
+        entry = route.junction_entry_s[j]
+        move = (obstacles.kind != KIND_LEADER) & np.isfinite(entry) & (s_front < entry - 0.5)
+        obstacles.s = np.where(move, np.minimum(obstacles.s, np.where(move, entry, np.inf)), obstacles.s)
+
     def _update_deadlock(self, reason: str, v: float, dt: float, s_ego: float) -> None:
         """Stopped behind actors that are not moving along with us for too long -> relaxed mode."""
         cfg = self.config

@@ -42,6 +42,7 @@ class SpeedConfig:
     min_curve_speed_mps: float = 3.0
     curvature_window_m: float = 3.0  # curvature from the heading change over +- this distance
     envelope_decel_mps2: float = 2.0  # slow down for curves and lower limits at this rate, early
+    envelope_preview_s: float = 1.0  # the IDM's desired speed is read this far ahead at the current speed
 
 
 @dataclass
@@ -56,7 +57,7 @@ class ActorConfig:
     parallel_heading_rad: float = 0.5  # vehicles this aligned (or anti-aligned) with the path are lane traffic
     moving_speed_mps: float = 0.5  # below this an actor counts as standing still
     kerb_zone_m: float = 2.0  # pedestrians this close to the corridor's edge ...
-    kerb_lookahead_m: float = 25.0  # ... and this far ahead at most ...
+    kerb_lookahead_m: float = 40.0  # ... and this far ahead at most ...
     kerb_speed_mps: float = 4.0  # ... are passed at most this fast
 
 
@@ -72,12 +73,22 @@ class SignalConfig:
 
 
 @dataclass
+class LaneChangeConfig:
+    check_distance_m: float = 40.0  # start checking the target lane this far before the blend
+    lane_half_width_m: float = 1.8  # a vehicle this close to the target lane centre is in it
+    rear_gap_m: float = 6.0  # clear space wanted behind the ego in the target lane
+    front_gap_m: float = 4.0  # ... and ahead of it
+    closing_time_s: float = 2.5  # plus this many seconds of closing speed
+
+
+@dataclass
 class ExpertConfig:
     ego: EgoGeometry = field(default_factory=EgoGeometry)
     idm: IdmConfig = field(default_factory=IdmConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     actors: ActorConfig = field(default_factory=ActorConfig)
     signals: SignalConfig = field(default_factory=SignalConfig)
+    lane_change: LaneChangeConfig = field(default_factory=LaneChangeConfig)
     horizon_min_m: float = 40.0  # trajectory length ahead of the ego
     horizon_time_s: float = 8.0  # ... or this many seconds at the current speed limit, if longer
     profile_step_s: float = 0.1  # forward simulation step of the speed profile

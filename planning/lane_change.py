@@ -8,27 +8,21 @@ faster, or close ahead and slower, makes the gap unsafe, and the expert holds be
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from adstack.types import Boxes, ObjectClass
+from planning.expert_config import LaneChangeConfig
 
 
-@dataclass
-class LaneChangeConfig:
-    blend_length_m: float = 15.0  # hdmap.params.lane_change_length_m
-    check_distance_m: float = 40.0  # start checking this far before the blend
-    lane_half_width_m: float = 1.8  # a vehicle this close to the target lane centre is in it
-    rear_gap_m: float = 6.0  # clear space wanted behind the ego in the target lane
-    front_gap_m: float = 4.0
-    closing_time_s: float = 2.5  # plus this many seconds of closing speed
+DEFAULT_BLEND_LENGTH_M = 15.0
 
 
 class LaneChanges:
-    def __init__(self, hdmap, route_view, blend_length_m: float | None = None):
+    def __init__(self, hdmap, route_view, config: LaneChangeConfig):
+        self.config = config
+        # The blend length is the map's (hdmap.params.lane_change_length_m), which drew the route.
         params = getattr(hdmap, "params", None)
-        self.config = LaneChangeConfig(blend_length_m=float(blend_length_m or getattr(params, "lane_change_length_m", 15.0)))
+        self.blend_length_m = float(getattr(params, "lane_change_length_m", DEFAULT_BLEND_LENGTH_M))
         lanes = getattr(hdmap, "lanes", {}) if hdmap is not None else {}
         idx = np.asarray(getattr(route_view, "lane_change_indices", []), dtype=np.int64)
         self.changes = []  # (s_blend_start, s_blend_end, target centreline (M,2), its tangents, its s)
@@ -38,7 +32,7 @@ class LaneChanges:
             if lane is None:
                 continue
             s_mid = float(route_view.s[int(c)])
-            half = self.config.blend_length_m / 2
+            half = self.blend_length_m / 2
             d = np.gradient(lane.centerline, axis=0)
             tangent = d / np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)[:, None]
             self.changes.append((s_mid - half, s_mid + half, lane.centerline, tangent, lane.s))

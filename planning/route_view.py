@@ -47,6 +47,11 @@ class RouteView:
         lanes = getattr(hdmap, "lanes", {}) if hdmap is not None else {}
         self.is_junction = np.array([bool(lanes[k].is_junction) if k in lanes else False for k in self.lane_keys])
         self.length = float(self.s[-1])
+        # For each point inside a junction: the arc length where that junction run starts.
+        run_start = np.flatnonzero(self.is_junction & ~np.concatenate([[False], self.is_junction[:-1]]))
+        owner = np.searchsorted(run_start, np.arange(len(self.s)), side="right") - 1
+        self.junction_entry_s = np.where(self.is_junction & (owner >= 0), self.s[run_start[np.maximum(owner, 0)]]
+                                         if len(run_start) else np.nan, np.nan)
 
         sp = config.speed
         self.curvature = self._curvature(sp.curvature_window_m)

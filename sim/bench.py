@@ -15,8 +15,9 @@ import time
 from adstack.paths import shared_data_dir
 
 
-def bench_sim(seconds: float = 30.0, map_name: str = "Town01", seed: int = 0, lidar: bool = True, scenery: bool = True,
-              vehicles: int | None = None, pedestrians: int | None = None) -> dict:
+def bench_sim(seconds: float = 30.0, map_name: str = "Town01", seed: int = 0, lidar: bool = True,
+              scenery: bool = True, lidar_mode: str = "spinning", vehicles: int | None = None,
+              pedestrians: int | None = None) -> dict:
     from adstack.types import ObjectClass
     from sim.cli import load_map
     from sim.lane_follower import LaneFollower
@@ -25,6 +26,7 @@ def bench_sim(seconds: float = 30.0, map_name: str = "Town01", seed: int = 0, li
     config = WorldConfig.load()
     config.lidar = lidar
     config.scenery = scenery
+    config.lidar_mode = lidar_mode
     if vehicles is not None:
         config.traffic.vehicles = vehicles
     if pedestrians is not None:
@@ -59,7 +61,8 @@ def bench_sim(seconds: float = 30.0, map_name: str = "Town01", seed: int = 0, li
     labels = state.actors.label
     frames = timing["lidar_frames"]
     return {
-        "map": map_name, "lidar": lidar, "scenery": scenery, "seconds": ticks * config.dt, "ticks": ticks, "dt": config.dt,
+        "map": map_name, "lidar": lidar, "lidar_mode": lidar_mode, "scenery": scenery,
+        "seconds": ticks * config.dt, "ticks": ticks, "dt": config.dt,
         "actors": actors, "vehicles": int((labels == ObjectClass.VEHICLE).sum()),
         "cyclists": int((labels == ObjectClass.CYCLIST).sum()),
         "pedestrians": int((labels == ObjectClass.PEDESTRIAN).sum()),

@@ -23,18 +23,21 @@ _CLASS_SIZE = {ObjectClass.VEHICLE: (4.6, 1.9, 1.6), ObjectClass.PEDESTRIAN: (0.
 def random_scene(n_actors: int, n_scenery: int, seed: int = 0, radius_m: float = 60.0) -> tuple[Boxes, Boxes]:
     """Actors scattered 4..radius_m around the origin (60 % vehicles), scenery blocks and poles further out."""
     rng = np.random.default_rng(seed)
-    classes = rng.choice([ObjectClass.VEHICLE, ObjectClass.PEDESTRIAN, ObjectClass.CYCLIST], n_actors, p=[0.6, 0.25, 0.15])
+    kinds = [ObjectClass.VEHICLE, ObjectClass.PEDESTRIAN, ObjectClass.CYCLIST]
+    classes = rng.choice(kinds, n_actors, p=[0.6, 0.25, 0.15])
     size = np.array([_CLASS_SIZE[ObjectClass(c)] for c in classes]).reshape(-1, 3)
     dist = rng.uniform(4.0, radius_m, n_actors)
     bearing = rng.uniform(-np.pi, np.pi, n_actors)
-    center = np.stack([dist * np.cos(bearing), dist * np.sin(bearing), size[:, 2] / 2], axis=1) if n_actors else np.zeros((0, 3))
-    actors = Boxes(center, size, rng.uniform(-np.pi, np.pi, n_actors), classes.astype(np.int32), ids=np.arange(n_actors))
+    center = np.stack([dist * np.cos(bearing), dist * np.sin(bearing), size[:, 2] / 2], axis=1).reshape(-1, 3)
+    actors = Boxes(center, size, rng.uniform(-np.pi, np.pi, n_actors), classes.astype(np.int32),
+                   ids=np.arange(n_actors))
     is_building = rng.random(n_scenery) < 0.5
     s_size = np.where(is_building[:, None], rng.uniform([8, 8, 5], [25, 20, 25], (n_scenery, 3)), [0.3, 0.3, 7.0])
     s_dist = rng.uniform(15.0, 95.0, n_scenery)
     s_bearing = rng.uniform(-np.pi, np.pi, n_scenery)
     s_center = np.stack([s_dist * np.cos(s_bearing), s_dist * np.sin(s_bearing), s_size[:, 2] / 2], axis=1)
-    scenery = Boxes(s_center, s_size, rng.uniform(-np.pi, np.pi, n_scenery), np.full(n_scenery, int(ObjectClass.STATIC)))
+    scenery = Boxes(s_center, s_size, rng.uniform(-np.pi, np.pi, n_scenery),
+                    np.full(n_scenery, int(ObjectClass.STATIC)))
     return actors, scenery
 
 

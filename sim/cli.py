@@ -90,10 +90,23 @@ def _gt_record(state) -> dict:
         "actors": [{"id": int(a.ids[i]), "label": int(a.label[i]), "center": [r(v) for v in a.center[i]],
                     "size": [r(v) for v in a.size[i]], "yaw": r(a.yaw[i]), "velocity": [r(v) for v in a.velocity[i]]}
                    for i in range(len(a))],
-        "traffic_lights": [{"id": tl.id, "state": int(tl.state), "position": [r(v) for v in tl.position],
-                            "yaw": r(getattr(tl, "yaw", 0.0)), "lanes": [list(x) for x in tl.lanes]}
+        "traffic_lights": [{"id": tl.id, "map_signal_id": getattr(tl, "map_signal_id", ""), "state": int(tl.state),
+                            "position": [r(v) for v in tl.position], "yaw": r(getattr(tl, "yaw", 0.0)),
+                            "lanes": [list(x) for x in tl.lanes],
+                            "lane_states": [[list(k), int(v)] for k, v in getattr(tl, "lane_states", {}).items()]}
                            for tl in state.traffic_lights],
     }
+
+
+def _lights_for_bag(lights) -> list:
+    """Autoware's traffic_light_group_id names the map's signal: use the OpenDRIVE signal id where
+    the light has one (the SUMO id otherwise), one entry per id."""
+    from adstack.types import TrafficLight
+    out = {}
+    for light in lights:
+        light_id = getattr(light, "map_signal_id", "") or light.id
+        out.setdefault(light_id, TrafficLight(light_id, light.state, light.position, light.lanes))
+    return list(out.values())
 
 
 def simulate(args) -> dict:
@@ -107,6 +120,10 @@ def simulate(args) -> dict:
         raise UserError(f"--seconds must be a positive number, got {args.seconds}")
     if not args.gt_radius > 0:
         raise UserError(f"--gt-radius must be positive, got {args.gt_radius}")
+    if not (0 < args.target_speed < 40):
+        raise UserError(f"--target-speed must be in (0, 40) m/s, got {args.target_speed}")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         if not args.overwrite:
@@ -145,7 +162,7 @@ def simulate(args) -> dict:
                     near = np.hypot(state.actors.center[:, 0] - state.ego.x, state.actors.center[:, 1] - state.ego.y)
                     bag.write_objects(TOPIC_GROUND_TRUTH, state.actors.select(near <= args.gt_radius), t=state.t,
                                       tracked=True)
-                    bag.write_traffic_lights(TOPIC_LIGHTS, state.traffic_lights, state.t)
+                    bag.write_traffic_lights(TOPIC_LIGHTS, _lights_for_bag(state.traffic_lights), state.t)
                     gt_file.write(json.dumps(_gt_record(state), separators=(",", ":")) + "\n")
                     counts["gt_frames"] += 1
                 counts["max_actors"] = max(counts["max_actors"], len(state.actors))

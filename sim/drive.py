@@ -53,6 +53,7 @@ class DriveOptions:
     log_lidar_hz: float = 1.0  # full clouds are ~1.6 MB each: log a subset of the 10 Hz sweeps
     log_objects_hz: float = 2.0
     log_objects_radius_m: float = 80.0  # ground truth around the ego, not the whole town
+    viz: bool = False  # serve the drive live to Foxglove (adstack.viz.LiveView, 127.0.0.1:8765)
 
 
 def failed_route_result(opts: DriveOptions, status: str, wall_s: float):
@@ -332,6 +333,7 @@ def _drive_loaded(opts, spec, hdmap, route, out: Path, progress: Progress, wall0
 
     session = RouteSession(opts, spec, hdmap, route, out, wall0)
     perception = None
+    view = None
     exit_code = 0
     try:
         if opts.perception == "lidar":
@@ -339,6 +341,9 @@ def _drive_loaded(opts, spec, hdmap, route, out: Path, progress: Progress, wall0
             perception = LidarPerception.default()
         planner = make_planner(opts.planner, hdmap, route)
         controller = Controller()
+        if opts.viz:
+            from adstack.viz import LiveView
+            view = LiveView()
         plan_every = max(1, int(round(1.0 / (opts.planner_hz * session.cfg.dt))))
         trajectory: Trajectory | None = None
         state = session.state
@@ -358,11 +363,15 @@ def _drive_loaded(opts, spec, hdmap, route, out: Path, progress: Progress, wall0
                     exit_code = 1
                     break
                 session.log_plan(trajectory)
+            if view is not None:
+                view.publish_state(state.t, state.ego, state.lidar, objects, trajectory, route.path)
             command = controller.step(state.ego, trajectory, state.t)
             state = session.step(command, objects if perception is not None else None)
             progress.update(session.progress_line())
     finally:
         session.close()
+        if view is not None:
+            view.close()
     result, scored = session.finish()
     return result, exit_code, scored
 

@@ -28,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--map", default=None, help="map name or .xodr (default: the route's town)")
     parser.add_argument("--out", required=True, help="output directory: result.json, log.mcap, bev.png")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--viz", action="store_true", help="serve the drive live to Foxglove on 127.0.0.1:8765")
     add_drive_options(parser)
 
 
@@ -37,7 +38,7 @@ def options_from_args(args, route_id: str, out: str):
                         map_dirs=args.map_dir, planner=args.planner, perception=args.perception,
                         seconds=args.seconds, seed=args.seed, variant=args.variant, lidar=not args.no_lidar,
                         vehicles=args.vehicles, pedestrians=args.pedestrians, log=not args.no_log,
-                        progress=not getattr(args, "quiet", False))
+                        progress=not getattr(args, "quiet", False), viz=getattr(args, "viz", False))
 
 
 def run(args) -> int:

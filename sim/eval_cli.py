@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="detector: model directory or 'classical'")
     parser.add_argument("--data", help="detector: dataset directory")
     parser.add_argument("--split", default="val", help="detector: dataset split")
+    parser.add_argument("--config", help="detector: classical detector parameters (YAML)")
+    parser.add_argument("--classes", default="VEHICLE,PEDESTRIAN,CYCLIST", help="detector: classes evaluated")
     from sim.drive_cli import add_drive_options
     add_drive_options(parser)
 

@@ -55,6 +55,9 @@ class LidarConfig:
     channels: int = 64
     vertical_fov_min_deg: float = -25.0
     vertical_fov_max_deg: float = 15.0
+    # Optional explicit beam elevations (deg, ascending, one per channel) for sensors whose beams are
+    # not evenly spaced, e.g. an HDL-64E; empty: ``channels`` beams evenly over the vertical FOV.
+    channel_elevations_deg: tuple[float, ...] = ()
     columns: int = 1024  # azimuth steps per revolution
     range_max_m: float = 100.0
     range_min_m: float = 1.0  # returns closer than this are dropped (they still block the beam)
@@ -90,6 +93,13 @@ class LidarConfig:
         need(8 <= self.columns <= 16384, f"columns must be in [8, 16384], got {self.columns}")
         need(-89.0 <= self.vertical_fov_min_deg < self.vertical_fov_max_deg <= 89.0,
              "vertical FOV must satisfy -89 <= vertical_fov_min_deg < vertical_fov_max_deg <= 89")
+        if self.channel_elevations_deg:
+            elevations = np.asarray(self.channel_elevations_deg, dtype=np.float64)
+            need(elevations.shape == (self.channels,),
+                 f"channel_elevations_deg needs one value per channel ({self.channels}), got {elevations.size}")
+            need(bool(np.all(np.diff(elevations) > 0)), "channel_elevations_deg must be strictly ascending")
+            need(bool(np.all(np.abs(elevations) <= 89.0)), "channel_elevations_deg must lie in [-89, 89]")
+            self.channel_elevations_deg = tuple(float(e) for e in elevations)
         need(0.0 <= self.range_min_m < self.range_max_m, "range must satisfy 0 <= range_min_m < range_max_m")
         need(self.rate_hz > 0.0, f"rate_hz must be positive, got {self.rate_hz}")
         need(self.range_noise_sigma_m >= 0.0, "range_noise_sigma_m must be >= 0")
@@ -119,7 +129,9 @@ class LidarConfig:
 
 def rotation_rpy(roll: float, pitch: float, yaw: float) -> np.ndarray:
     """Rotation matrix R = Rz(yaw) Ry(pitch) Rx(roll) (fixed-axis roll, pitch, yaw as in ROS)."""
-    cr, sr, cp, sp, cy, sy = math.cos(roll), math.sin(roll), math.cos(pitch), math.sin(pitch), math.cos(yaw), math.sin(yaw)
+    cr, sr = math.cos(roll), math.sin(roll)
+    cp, sp = math.cos(pitch), math.sin(pitch)
+    cy, sy = math.cos(yaw), math.sin(yaw)
     return np.array([[cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
                      [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
                      [-sp, cp * sr, cp * cr]])
@@ -387,7 +399,8 @@ def _column_lists(prim_center, prim_half, prim_cos_yaw, prim_sin_yaw, origin, ro
 
 @njit(cache=True, fastmath=False)
 def _cast(origin, rot_sensor_to_world, cos_el, sin_el, cos_az, sin_az, start_col, end_col,
-          offsets, indices, prim_min_dist, prim_ch_lo, prim_ch_hi, prim_center, prim_half, prim_cos_yaw, prim_sin_yaw, prim_material,
+          offsets, indices, prim_min_dist, prim_ch_lo, prim_ch_hi,
+          prim_center, prim_half, prim_cos_yaw, prim_sin_yaw, prim_material,
           ground_z, ground_slope_x, ground_slope_y, range_min, range_max,
           noise_sigma, gauss_table, dropout, key, attenuation, reflectivity,
           out_range, out_intensity, out_prim):
@@ -526,7 +539,8 @@ class Lidar:
         self.config = config or LidarConfig()
         self.rng = np.random.default_rng(seed)
         cfg = self.config
-        elevation = np.deg2rad(np.linspace(cfg.vertical_fov_min_deg, cfg.vertical_fov_max_deg, cfg.channels))
+        elevation = np.deg2rad(np.asarray(cfg.channel_elevations_deg, dtype=np.float64) if cfg.channel_elevations_deg
+                               else np.linspace(cfg.vertical_fov_min_deg, cfg.vertical_fov_max_deg, cfg.channels))
         self.elevation_rad = elevation
         self.azimuth_rad = -np.pi + (np.arange(cfg.columns) + 0.5) * (2 * np.pi / cfg.columns)
         self._cos_el, self._sin_el = np.cos(elevation), np.sin(elevation)
@@ -572,7 +586,8 @@ class Lidar:
             sensor_pose_world = self.sensor_pose(sensor_pose_world)
         pose = np.asarray(sensor_pose_world, dtype=np.float64).reshape(-1)
         if pose.shape[0] != 6 or not np.all(np.isfinite(pose)):
-            raise ValueError(f"sensor pose must be 6 finite numbers (x, y, z, roll, pitch, yaw), got {sensor_pose_world!r}")
+            raise ValueError("sensor pose must be 6 finite numbers (x, y, z, roll, pitch, yaw), "
+                             f"got {sensor_pose_world!r}")
         ground_z = 0.0 if ground_z is None else float(ground_z)
         origin = pose[:3].copy()
         rot = rotation_rpy(*pose[3:])
@@ -588,8 +603,9 @@ class Lidar:
             material, label, actor_id = np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int64)
         cos_yaw, sin_yaw = np.cos(yaw), np.sin(yaw)
 
-        offsets, indices, min_dist, ch_lo, ch_hi = _column_lists(center, half, cos_yaw, sin_yaw, origin, np.ascontiguousarray(rot.T),
-                                         cfg.columns, start_col, end_col, cfg.range_max_m, self.elevation_rad)
+        offsets, indices, min_dist, ch_lo, ch_hi = _column_lists(
+            center, half, cos_yaw, sin_yaw, origin, np.ascontiguousarray(rot.T), cfg.columns, start_col, end_col,
+            cfg.range_max_m, self.elevation_rad)
         n_local = end_col - start_col
         # per-ray scratch reused between casts: fresh 0.5 MB arrays each frame cost page faults
         out_range = self._ray_range[:n_local]
@@ -599,8 +615,8 @@ class Lidar:
         _cast(origin, rot, self._cos_el, self._sin_el, self._cos_az, self._sin_az, start_col, end_col,
               offsets, indices, min_dist, ch_lo, ch_hi, center, half, cos_yaw, sin_yaw, material,
               ground_z, float(ground_slope[0]), float(ground_slope[1]), cfg.range_min_m, cfg.range_max_m,
-              cfg.range_noise_sigma_m, self._gauss_table, cfg.dropout_probability, key, cfg.intensity_attenuation_per_m,
-              self._reflectivity, out_range, out_intensity, out_prim)
+              cfg.range_noise_sigma_m, self._gauss_table, cfg.dropout_probability, key,
+              cfg.intensity_attenuation_per_m, self._reflectivity, out_range, out_intensity, out_prim)
         points, labels, actor_ids = _compact(out_range, out_intensity, out_prim, start_col, self._cos_el,
                                              self._sin_el, self._cos_az, self._sin_az, label, actor_id, GROUND_LABEL)
         return PointCloud(points, frame_id=cfg.frame_id, stamp=float(stamp), labels=labels, actor_ids=actor_ids)
@@ -610,21 +626,27 @@ class SpinningLidar:
     """Spreads a lidar's revolution over simulation ticks, as a spinning sensor does.
 
     Each ``tick`` casts the columns the sensor sweeps during that tick (``columns * rate * tick_s``,
-    e.g. half a revolution for 10 Hz and 0.05 s ticks) at that tick's world state and sensor pose,
-    in the sensor frame of that tick (a raw, not motion-compensated, sweep). When a revolution is
-    complete the tick returns the whole frame, stamped with the tick's time; otherwise ``None``.
+    e.g. half a revolution for 10 Hz and 0.05 s ticks; fractional shares carry over) at that tick's
+    world state and sensor pose. When a revolution is complete the tick returns the whole frame,
+    stamped with the tick's time; otherwise ``None``.
+
+    Frames: by default each column stays in the sensor frame of the tick that cast it, as a raw
+    sensor reports it. With ``motion_compensate=True`` the earlier ticks' points are moved into the
+    sensor frame of the completing tick (what a driver's deskewing with odometry does), so the
+    static world lines up in one frame; moving actors still show where they were when swept.
     """
 
-    def __init__(self, lidar: Lidar, tick_s: float = 0.05):
+    def __init__(self, lidar: Lidar, tick_s: float = 0.05, motion_compensate: bool = False):
         cols_per_tick = lidar.config.columns * lidar.config.rate_hz * tick_s
         if tick_s <= 0 or cols_per_tick > lidar.config.columns + 1e-9:
             raise ValueError(f"tick_s={tick_s} must be positive and at most one revolution (1/rate_hz)")
         self.lidar = lidar
         self.tick_s = float(tick_s)
+        self.motion_compensate = bool(motion_compensate)
         self._cols_per_tick = cols_per_tick
         self._ticks = 0
         self._done = 0  # columns cast in total
-        self._pending: list[PointCloud] = []
+        self._pending: list[tuple[PointCloud, tuple]] = []  # (part, sensor pose it was cast from)
 
     def reset(self) -> None:
         self._ticks = 0
@@ -633,6 +655,12 @@ class SpinningLidar:
 
     def tick(self, stamp: float, sensor_pose_world, actors: Boxes | None = None, scenery: Boxes | None = None,
              ground_z: float | None = None, ground_slope=(0.0, 0.0)) -> PointCloud | None:
+        """Advance one tick. ``sensor_pose_world`` as in ``Lidar.scan_partial`` (a 6-tuple or an EgoState)."""
+        if isinstance(sensor_pose_world, EgoState):
+            if ground_z is None:
+                ground_z = sensor_pose_world.z
+            sensor_pose_world = self.lidar.sensor_pose(sensor_pose_world)
+        pose = tuple(float(v) for v in sensor_pose_world)
         columns = self.lidar.config.columns
         self._ticks += 1
         target = int(math.floor(self._ticks * self._cols_per_tick + 1e-6))
@@ -640,18 +668,31 @@ class SpinningLidar:
         while self._done < target:
             start = self._done % columns
             end = min(columns, start + (target - self._done))
-            self._pending.append(self.lidar.scan_partial(start, end, sensor_pose_world, actors, scenery,
-                                                         ground_z, stamp=stamp, ground_slope=ground_slope))
+            part = self.lidar.scan_partial(start, end, pose, actors, scenery, ground_z, stamp=stamp,
+                                           ground_slope=ground_slope)
+            self._pending.append((part, pose))
             self._done += end - start
             if end == columns:
-                frame = self._assemble(stamp)
+                frame = self._assemble(stamp, pose)
         return frame
 
-    def _assemble(self, stamp: float) -> PointCloud:
-        parts, self._pending = self._pending, []
-        return PointCloud(np.concatenate([p.points for p in parts]), frame_id=self.lidar.config.frame_id,
-                          stamp=float(stamp), labels=np.concatenate([p.labels for p in parts]),
-                          actor_ids=np.concatenate([p.actor_ids for p in parts]))
+    def _assemble(self, stamp: float, final_pose: tuple) -> PointCloud:
+        pending, self._pending = self._pending, []
+        points = []
+        rot_final = rotation_rpy(*final_pose[3:])
+        for part, pose in pending:
+            if self.motion_compensate and pose != final_pose:
+                # sensor frame of the part -> world -> sensor frame of the completing tick
+                rot = rot_final.T @ rotation_rpy(*pose[3:])
+                shift = rot_final.T @ (np.asarray(pose[:3]) - np.asarray(final_pose[:3]))
+                moved = part.points.copy()
+                moved[:, :3] = (part.points[:, :3].astype(np.float64) @ rot.T + shift).astype(np.float32)
+                points.append(moved)
+            else:
+                points.append(part.points)
+        return PointCloud(np.concatenate(points), frame_id=self.lidar.config.frame_id, stamp=float(stamp),
+                          labels=np.concatenate([p.labels for p, _ in pending]),
+                          actor_ids=np.concatenate([p.actor_ids for p, _ in pending]))
 
 
 def load_lidar_config(path: str | Path = DEFAULT_PARAMS) -> LidarConfig:

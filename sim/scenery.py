@@ -71,15 +71,14 @@ class SceneryConfig:
     clearance_m: float = 0.5  # poles and posts keep this far from driving lanes
     # index
     index_cell_m: float = 50.0
-    query_radius_m: float = 100.0  # default: the lidar's range
+    query_radius_m: float = 110.0  # default: the lidar's range plus a margin for the mounting offset
 
     def __post_init__(self):
         for name, value in vars(self).items():
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise DataError(f"{name} must be a finite number >= 0, got {value!r}", "SceneryConfig")
-        for lo, hi in (("building_length_min_m", "building_length_max_m"), ("building_depth_min_m", "building_depth_max_m"),
-                       ("building_height_min_m", "building_height_max_m"), ("building_setback_min_m", "building_setback_max_m"),
-                       ("building_gap_min_m", "building_gap_max_m")):
+        for what in ("length", "depth", "height", "setback", "gap"):
+            lo, hi = f"building_{what}_min_m", f"building_{what}_max_m"
             if getattr(self, lo) > getattr(self, hi):
                 raise DataError(f"{lo} must not exceed {hi}", "SceneryConfig")
         if self.raster_resolution_m <= 0 or self.index_cell_m <= 0:
@@ -132,7 +131,8 @@ class _Raster:
         band = distance_transform_cdt(~on_centerline, metric="chessboard") <= reach_cells
         ix, iy = np.nonzero(band)
         drivable = np.zeros(self.shape, dtype=bool)
-        drivable[ix, iy] = np.asarray(is_drivable(np.stack([x0 + ix * resolution, y0 + iy * resolution], 1)), dtype=bool)
+        band_xy = np.stack([x0 + ix * resolution, y0 + iy * resolution], 1)
+        drivable[ix, iy] = np.asarray(is_drivable(band_xy), dtype=bool)
         # distance of each cell to the nearest drivable cell; cell centres are exact samples, the
         # area between them is off by at most half a cell diagonal, which callers add to margins
         self.distance = distance_transform_edt(~drivable) * resolution
@@ -188,10 +188,11 @@ def place_scenery_from_lanes(centerlines: Sequence[np.ndarray], widths: Sequence
     """
     cfg = config or SceneryConfig()
     rng = np.random.default_rng(seed)
-    lanes = [(np.asarray(c, dtype=np.float64).reshape(-1, 2), np.broadcast_to(np.asarray(w, dtype=np.float64), (len(c),)))
-             for c, w in zip(centerlines, widths)]
+    lanes = [(np.asarray(c, dtype=np.float64).reshape(-1, 2),
+              np.broadcast_to(np.asarray(w, dtype=np.float64), (len(c),))) for c, w in zip(centerlines, widths)]
     lanes_z = [np.zeros(len(c)) for c, _ in lanes] if centerline_z is None else \
-        [np.broadcast_to(np.asarray(z, dtype=np.float64).reshape(-1), (len(c),)) for (c, _), z in zip(lanes, centerline_z)]
+        [np.broadcast_to(np.asarray(z, dtype=np.float64).reshape(-1), (len(c),))
+         for (c, _), z in zip(lanes, centerline_z)]
     if not lanes:
         return Boxes()
     all_points = np.vstack([c for c, _ in lanes])
@@ -282,16 +283,18 @@ def place_scenery_from_lanes(centerlines: Sequence[np.ndarray], widths: Sequence
                 fits, samples = post_fits(tx + dx, ty + dy, size, size, 0.0)
                 if fits:
                     x, y = tx + dx, ty + dy
-                    add(x, y, base, cfg.light_post_width_m, cfg.light_post_width_m, cfg.light_post_height_m, 0.0, samples)
+                    post = cfg.light_post_width_m
+                    add(x, y, base, post, post, cfg.light_post_height_m, 0.0, samples)
                     boxes.append((x, y, base + cfg.light_post_height_m + cfg.light_housing_height_m / 2,
                                   cfg.light_housing_size_m, cfg.light_housing_size_m, cfg.light_housing_height_m, 0.0))
                     break
 
-    if not boxes:
-        return Boxes()
-    arr = np.array(boxes)
-    n = len(arr)
-    return Boxes(arr[:, 0:3], arr[:, 3:6], arr[:, 6], np.full(n, int(ObjectClass.STATIC)), frame_id="map")
+    return _static_boxes(np.array(boxes).reshape(-1, 7))
+
+
+def _static_boxes(arr: np.ndarray) -> Boxes:
+    """Boxes (label STATIC, map frame) from rows (x, y, z_centre, length, width, height, yaw)."""
+    return Boxes(arr[:, 0:3], arr[:, 3:6], arr[:, 6], np.full(len(arr), int(ObjectClass.STATIC)), frame_id="map")
 
 
 def place_scenery(hdmap, seed: int = 0, config: SceneryConfig | None = None, use_cache: bool = True) -> Boxes:
@@ -304,7 +307,7 @@ def place_scenery(hdmap, seed: int = 0, config: SceneryConfig | None = None, use
         try:
             with np.load(cache_path) as data:
                 arr = data["boxes"]
-            return Boxes(arr[:, 0:3], arr[:, 3:6], arr[:, 6], np.full(len(arr), int(ObjectClass.STATIC)), frame_id="map")
+            return _static_boxes(arr)
         except (OSError, KeyError, ValueError):
             pass  # unreadable cache entry: place again and overwrite it
     boxes = _place_on_map(hdmap, seed, cfg)
@@ -337,7 +340,7 @@ def _place_on_map(hdmap, seed: int, cfg: SceneryConfig) -> Boxes:
 class SceneryIndex:
     """Uniform grid over scenery boxes: ``query(x, y)`` returns the boxes within a radius, fast."""
 
-    def __init__(self, boxes: Boxes, cell_m: float = 50.0, radius_m: float = 100.0):
+    def __init__(self, boxes: Boxes, cell_m: float = 50.0, radius_m: float = 110.0):
         self.boxes = boxes
         self.cell_m = float(cell_m)
         self.radius_m = float(radius_m)
@@ -354,9 +357,11 @@ class SceneryIndex:
             self._cells = {key: np.array(v, dtype=np.int64) for key, v in buckets.items()}
 
     @classmethod
-    def from_map(cls, hdmap, seed: int = 0, config: SceneryConfig | None = None, use_cache: bool = True) -> "SceneryIndex":
+    def from_map(cls, hdmap, seed: int = 0, config: SceneryConfig | None = None,
+                 use_cache: bool = True) -> "SceneryIndex":
         cfg = config or SceneryConfig()
-        return cls(place_scenery(hdmap, seed=seed, config=cfg, use_cache=use_cache), cfg.index_cell_m, cfg.query_radius_m)
+        boxes = place_scenery(hdmap, seed=seed, config=cfg, use_cache=use_cache)
+        return cls(boxes, cfg.index_cell_m, cfg.query_radius_m)
 
     def __len__(self) -> int:
         return len(self.boxes)

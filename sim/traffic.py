@@ -12,7 +12,7 @@ libsumo is one simulation per process: starting a ``Traffic`` closes any other o
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import hashlib
 import os
 import shutil
@@ -64,6 +64,7 @@ class TrafficConfig:
     vehicle_types: list = field(default_factory=lambda: [dict(t) for t in DEFAULT_VEHICLE_TYPES])
     pedestrian_size: tuple = (0.5, 0.6, 1.75)  # length, width, height (m)
     pedestrian_max_speed: float = 1.4  # m/s
+    pedestrian_model: str = "striping"  # SUMO's: "striping" (walkers avoid each other) or "nonInteracting" (cheaper)
     warmup_s: float = 2.0  # SUMO runs this long before the first world tick so traffic is moving
     time_to_teleport_s: float = 120.0  # SUMO resolves gridlock by teleporting vehicles stuck this long
     refill_period_s: float = 1.0  # how often routes are extended and missing actors re-spawned
@@ -81,6 +82,8 @@ class TrafficConfig:
         self.pedestrian_size = tuple(float(v) for v in self.pedestrian_size)
         if len(self.pedestrian_size) != 3 or min(self.pedestrian_size) <= 0:
             raise DataError(f"pedestrian_size must be 3 positive numbers, got {self.pedestrian_size}", "traffic")
+        if self.pedestrian_model not in ("striping", "nonInteracting"):
+            raise DataError(f"pedestrian_model must be 'striping' or 'nonInteracting', got {self.pedestrian_model!r}", "traffic")
         names = [t.name for t in self.vehicle_types]
         reserved = {"ego", "walker"} | {n for n in names if n.startswith("DEFAULT_")}
         if len(set(names)) != len(names) or reserved & set(names):
@@ -255,26 +258,49 @@ def _parse_odr_lane(orig_id: str) -> tuple:
         return ()
 
 
+class _NetInfo:
+    """What ``Traffic`` needs from a net file, read once per file and process (sumolib is slow)."""
+
+    def __init__(self, net_path: str):
+        import sumolib
+        self.offset = net_offset(net_path)
+        net = sumolib.net.readNet(net_path, withInternal=False)
+        self._normal = [e for e in net.getEdges() if e.getFunction() == ""]
+        self._allowing: dict[str, list] = {}
+        self.edge_length = {e.getID(): e.getLength() for e in self._normal}
+        lanes = [ln for e in self._normal for ln in e.getLanes()]
+        self.drive_lanes = sorted((ln.getID(), ln.getLength()) for ln in lanes
+                                  if ln.allows("passenger") and not ln.allows("pedestrian"))
+        self.lane_orig = {ln.getID(): _parse_odr_lane(ln.getParam("origId", "")) for ln in lanes}
+        self.lane_shape = {ln.getID(): np.asarray(ln.getShape(), dtype=np.float64)[:, :2] for ln in lanes}
+
+    def edges_allowing(self, vclass: str) -> list:
+        if vclass not in self._allowing:
+            self._allowing[vclass] = sorted(e.getID() for e in self._normal if e.allows(vclass))
+        return self._allowing[vclass]
+
+
+@functools.lru_cache(maxsize=8)
+def _net_info(net_path: str) -> _NetInfo:
+    return _NetInfo(net_path)
+
+
 class Traffic:
     """SUMO traffic in process. ``start`` -> (``set_ego`` -> ``step`` -> ``actors``)* -> ``close``."""
 
     def __init__(self, net_path: str | Path, config: TrafficConfig, dt: float, seed: int):
-        import sumolib
         self.net_path = Path(net_path)
         self.config = config
         self.dt = float(dt)
         self.seed = int(seed)
-        self.offset = net_offset(self.net_path)
-        net = sumolib.net.readNet(str(self.net_path), withInternal=False)
-        normal = [e for e in net.getEdges() if e.getFunction() == ""]
-        self.vehicle_edges = {vc: sorted(e.getID() for e in normal if e.allows(vc))
-                              for vc in {t.vclass for t in config.vehicle_types} | {"passenger"}}
-        self.walk_edges = sorted(e.getID() for e in normal if e.allows("pedestrian"))
-        self.edge_length = {e.getID(): e.getLength() for e in normal}
-        self.drive_lanes = sorted((ln.getID(), ln.getLength()) for e in normal for ln in e.getLanes()
-                                  if ln.allows("passenger") and not ln.allows("pedestrian"))
-        self._lane_orig = {ln.getID(): _parse_odr_lane(ln.getParam("origId", "")) for e in normal for ln in e.getLanes()}
-        self._lane_shape = {ln.getID(): np.asarray(ln.getShape(), dtype=np.float64)[:, :2] for e in normal for ln in e.getLanes()}
+        info = _net_info(str(self.net_path))
+        self.offset = info.offset
+        self.vehicle_edges = {vc: info.edges_allowing(vc) for vc in {t.vclass for t in config.vehicle_types} | {"passenger"}}
+        self.walk_edges = info.edges_allowing("pedestrian")
+        self.edge_length = info.edge_length
+        self.drive_lanes = info.drive_lanes
+        self._lane_orig = info.lane_orig
+        self._lane_shape = info.lane_shape
         self._started = False
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -286,7 +312,7 @@ class Traffic:
                 "--seed", str(self.seed), "--no-step-log", "true", "--no-warnings", "true",
                 "--collision.action", "warn", "--collision.check-junctions", "false",
                 "--time-to-teleport", repr(self.config.time_to_teleport_s), "--ignore-route-errors", "true",
-                "--pedestrian.model", "striping", "--default.carfollowmodel", "Krauss"]
+                "--pedestrian.model", self.config.pedestrian_model, "--default.carfollowmodel", "Krauss"]
         try:
             libsumo.start(args)
         except Exception as exc:  # libsumo raises its own exception types

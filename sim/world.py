@@ -35,6 +35,9 @@ class WorldConfig:
     dt: float = 0.05  # s per tick (20 Hz)
     lidar: bool = True  # cast the lidar (sim/lidar.py); off: WorldState.lidar stays None
     lidar_params: str = ""  # a LidarConfig param file; "" -> sim/config/lidar.param.yaml
+    # "spinning": each tick casts the columns swept during it (a real sensor's rolling sweep);
+    # "snapshot": the whole revolution at once, on the tick it completes (exact labels, cheaper).
+    lidar_mode: str = "spinning"
     scenery: bool = True  # static scenery in the lidar (sim/scenery.py), where available
     traffic: TrafficConfig = field(default_factory=TrafficConfig)
     vehicle: VehicleParams = field(default_factory=VehicleParams)
@@ -42,6 +45,8 @@ class WorldConfig:
     def __post_init__(self):
         if not 0 < self.dt <= 0.5:
             raise DataError(f"dt must be in (0, 0.5] s, got {self.dt}", "world")
+        if self.lidar_mode not in ("spinning", "snapshot"):
+            raise DataError(f"lidar_mode must be 'spinning' or 'snapshot', got {self.lidar_mode!r}", "world")
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_PARAMS) -> "WorldConfig":
@@ -80,6 +85,8 @@ class World:
         self.map = map
         self.config = config or WorldConfig()
         self.seed = int(seed)
+        if self.seed < 0:
+            raise DataError(f"seed must be >= 0, got {seed}", "world")
         self.net_path = build_net(map.xodr_path)
         self.traffic = Traffic(self.net_path, self.config.traffic, self.config.dt, self.seed)
         self.vehicle = BicycleModel(self.config.vehicle)
@@ -88,7 +95,12 @@ class World:
         if self.config.lidar:
             from sim.lidar import Lidar, SpinningLidar, load_lidar_config
             lidar_cfg = load_lidar_config(self.config.lidar_params) if self.config.lidar_params else load_lidar_config()
+            if self.config.dt * lidar_cfg.rate_hz > 1.0 + 1e-9:
+                raise DataError(f"dt {self.config.dt} s is longer than one lidar revolution (rate_hz "
+                                f"{lidar_cfg.rate_hz}): use a shorter dt or turn the lidar off", "world")
             self.lidar = SpinningLidar(Lidar(lidar_cfg, seed=self.seed), tick_s=self.config.dt)
+            # snapshot mode: a revolution every this many ticks (the rate rounded to whole ticks)
+            self._ticks_per_revolution = max(1, int(round(1.0 / (lidar_cfg.rate_hz * self.config.dt))))
             if self.config.scenery:
                 self.scenery = load_scenery(map, self.seed)
         self._flat_z = _flat_height(map)  # a flat map (Town01) needs no per-tick height lookup
@@ -169,10 +181,10 @@ class World:
                     found = [via_key] if via_key in successors or not found else found
                 link.map_lane = found[0] if found else None
             best, best_d = "", 15.0  # m: farther than this is another approach's signal
-            stop_line_lanes = get = getattr(m, "stop_lines_for_lane", None)
-            if get is not None:
+            stop_lines_for_lane = getattr(m, "stop_lines_for_lane", None)
+            if stop_lines_for_lane is not None:
                 for lane in [key] + [l.map_lane for l in sl.links if l.map_lane is not None]:
-                    for stop in stop_line_lanes(lane):
+                    for stop in stop_lines_for_lane(lane):
                         d = float(np.linalg.norm(stop.segment.mean(axis=0) - sl.position))
                         if stop.kind == "traffic_light" and d < best_d:
                             best, best_d = stop.signal_id, d
@@ -233,7 +245,10 @@ class World:
         if cast_lidar and self.lidar is not None:
             start = time.perf_counter()
             scenery = self.scenery.query(ego.x, ego.y) if self.scenery is not None else None
-            cloud = self.lidar.tick(t, ego, actors, scenery, ego.z)
+            if self.config.lidar_mode == "spinning":
+                cloud = self.lidar.tick(t, ego, actors, scenery, ego.z)
+            elif self._tick % self._ticks_per_revolution == 0:
+                cloud = self.lidar.lidar.scan(ego, actors, scenery, ego.z, stamp=t)
             self.timing["lidar_s"] += time.perf_counter() - start
             self.timing["lidar_frames"] += cloud is not None
         return WorldState(t, self._tick, ego, actors, actors_ego, self.traffic.traffic_lights(), cloud,

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adstack.bag import BagReader, BagWriter
+from adstack.bag import BagReader, BagWriter, TopicInfo
 from adstack.errors import DataError, UserError
 from adstack.paths import shared_data_dir
 from adstack.types import Boxes, Command, EgoState, LightState, PointCloud, TrafficLight, Trajectory
@@ -138,6 +138,27 @@ def test_image_and_tf(tmp_path):
     (_, _, tf), = list(reader.messages(["/tf"]))
     assert tf.transforms[0].child_frame_id == "base_link"
     assert tf.transforms[0].transform.translation.x == 3.0
+
+
+def test_objects_topic_keeps_one_type(tmp_path):
+    empty = Boxes()
+    tracks = Boxes([[1, 2, 0]], [[4, 2, 1.5]], [0.0], [1], ids=[5])
+    detections = Boxes([[1, 2, 0]], [[4, 2, 1.5]], [0.0], [1])
+    with BagWriter(tmp_path / "bag", markers=False) as bag:
+        bag.write_objects("/simulation/ground_truth/objects", empty, 0.0)  # empty first frame: by name
+        bag.write_objects("/simulation/ground_truth/objects", tracks, 0.1)
+        bag.write_objects("/perception/object_recognition/detection/objects", empty, 0.0)
+        bag.write_objects("/perception/object_recognition/detection/objects", detections, 0.1)
+        with pytest.raises(DataError, match="tracked=True"):
+            bag.write_objects("/perception/object_recognition/detection/objects", tracks, 0.2)
+        bag.write_objects("/custom", empty, 0.0, tracked=True)
+        bag.write_objects("/custom", detections, 0.1)  # follows the topic: ids -1 in TrackedObjects
+    reader = BagReader(tmp_path / "bag")
+    assert reader.topics["/simulation/ground_truth/objects"].type.endswith("/TrackedObjects")
+    assert reader.topics["/perception/object_recognition/detection/objects"].type.endswith("/DetectedObjects")
+    assert reader.topics["/custom"] == TopicInfo("autoware_perception_msgs/msg/TrackedObjects", 2)
+    ids = [v.ids.tolist() for _, _, v in reader.read_values(["/simulation/ground_truth/objects"])]
+    assert ids == [[], [5]]
 
 
 def test_existing_path_is_refused_unless_overwrite(tmp_path):

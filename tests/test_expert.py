@@ -373,3 +373,53 @@ def test_lane_change_waits_for_a_gap(other_offset_m):
     assert log["min_clearance"].min() > 0.5, "cut into the other car"
     assert expert.done
     assert any(r.startswith("lane_change_gap") for r in log["reason"])  # it did have to wait
+
+
+def test_holds_on_red_with_the_bumper_already_over_the_line(town01):
+    """Stopped over the line (say, for a pedestrian on the crossing) when the light turns red: stay."""
+    key = (4, 0, -1)
+    lane = town01.lanes[key]
+    after = town01.lanes[town01.lanes[lane.successors[0]].successors[0]]
+    route = town01.route((lane.centerline[150][0], lane.centerline[150][1], 0.0), tuple(after.centerline[30]) + (None,))
+    expert = Expert(town01, route)
+    line_s = float(route.s[np.argmin(np.hypot(*(route.path - lane.centerline[-1]).T))])
+    x, y, yaw, _ = along_route(route, line_s - expert.config.ego.rear_axle_to_front_m + 1.5)  # bumper 1.5 m over
+    green_at = 10.0
+    lights = lambda t: [light_at_lane_end(town01, key, LightState.RED if t < green_at else LightState.GREEN)]
+    log = closed_loop(expert, (x, y, yaw, 0.0), 20.0, lights_fn=lights)
+    red = log["t"] < green_at
+    assert log["v"][red].max() < 0.05
+    assert log["reason"][red][-1].startswith("red_light_hold")
+    assert log["s"][-1] > line_s + 20.0
+
+
+def test_passes_pedestrians_at_the_kerb_slowly_without_stopping(town01):
+    route = straight_route(town01)
+    expert = Expert(town01, route)
+    x, y, yaw, _ = along_route(route, 60.0)
+    right = np.array([math.sin(yaw), -math.cos(yaw)])
+    kerb = np.array([x, y]) + 3.0 * right  # 3 m right of the lane centre, standing
+    ped = Boxes(center=[[kerb[0], kerb[1], 0.9]], size=[[0.5, 0.5, 1.8]], yaw=[0.0], label=[ObjectClass.PEDESTRIAN], ids=[8])
+    log = closed_loop(expert, (route.path[0, 0], route.path[0, 1], route.yaw[0], 11.0), 15.0, actors_fn=lambda t: ped)
+    front = log["s"] + expert.config.ego.rear_axle_to_front_m
+    passing = (front > 57.0) & (front < 60.0)
+    assert log["v"][passing].max() < expert.config.actors.kerb_speed_mps + 0.5
+    assert log["v"].min() > 2.0  # slowed down, did not stop
+    assert log["min_clearance"].min() > 1.0
+
+
+def test_deadlock_creeps_past_a_car_poking_into_the_corridor(town01):
+    """A car stands across the road with its nose 0.2 m short of the ego's path edge plus margin:
+    the expert waits (it might move), then after deadlock_time_s squeezes past slowly."""
+    route = straight_route(town01)
+    expert = Expert(town01, route)
+    x, y, yaw, _ = along_route(route, 40.0)
+    left = np.array([-math.sin(yaw), math.cos(yaw)])
+    centre = np.array([x, y]) + 3.5 * left  # perpendicular car, its nose 3.5 - 2.3 = 1.2 m from the path
+    car = Boxes(center=[[centre[0], centre[1], 0.75]], size=[[4.6, 1.9, 1.5]], yaw=[yaw - math.pi / 2],
+                label=[ObjectClass.VEHICLE], ids=[13])
+    log = closed_loop(expert, (route.path[0, 0], route.path[0, 1], route.yaw[0], 8.0), 60.0, actors_fn=lambda t: car)
+    stopped = log["v"] < 0.05
+    assert stopped.sum() * DT > expert.config.deadlock_time_s - 1.0  # it waited first
+    assert log["s"][-1] > 60.0  # then got past
+    assert log["min_clearance"].min() > 0.1

@@ -129,19 +129,46 @@ def test_lane_change_edges_follow_the_markings():
     import carla
 
     town = load_map("Town04", map_dirs=[MAPS])
-    allowed = forbidden = 0
+    allowed = short = never = 0
+    left_bit = int(carla.LaneChange.Left)
     for key, lane in town.lanes.items():
         if lane.left is None:
             continue
         assert lane.left[2] * key[2] > 0 and lane.left[:2] == key[:2]  # same direction, same section
-        assert town.graph.has_edge(key, lane.left) == lane.lane_change_left
-        # The marking along most of the lane decides (a short solid stretch at a lane's end does not).
-        flags = [int(town.carla_map.get_waypoint_xodr(key[0], key[2], float(s)).lane_change) for s in lane.road_s[1:-1]]
-        marking_allows = np.mean([bool(f & int(carla.LaneChange.Left)) for f in flags]) >= 0.5 if flags else False
-        assert lane.lane_change_left == (marking_allows and not lane.is_junction)
+        waypoints = [town.carla_map.get_waypoint_xodr(key[0], key[2], float(s)) for s in lane.road_s]
+        inner = np.array([w is not None for w in waypoints])
+        flags = np.array([w is not None and int(w.lane_change) & left_bit > 0 for w in waypoints])
+        stretch = lane.lane_change_left_range
+        assert town.graph.has_edge(key, lane.left) == (stretch is not None)
+        if stretch is None:
+            never += 1
+            assert lane.is_junction or not flags.any()
+            continue
+        inside = (lane.s > stretch[0]) & (lane.s < stretch[1]) & inner
+        assert flags[inside].all()  # the stretch is all broken marking
+        assert town.graph[key][lane.left]["legal"] == lane.lane_change_left
         if lane.lane_change_left:
             allowed += 1
-            assert town.graph[key][lane.left]["kind"] == "lane_change"
+            assert stretch[1] - stretch[0] >= min(10.0, lane.length / 2) - 1e-6
         else:
-            forbidden += 1
-    assert allowed > 20 and forbidden > 0
+            short += 1
+    assert allowed > 20 and never > 0
+
+
+@needs_shared
+def test_leaderboard_mode_changes_lanes_where_the_planner_would():
+    """Town06 route 40: lane -5 of road 50 may change right only in its first 34 m (broken, then
+    solid). From 60 m on, CARLA's GlobalRoutePlanner still links the lanes, so the Leaderboard route
+    changes lanes there; a legal route must go round the block instead."""
+    town = load_map("Town06", map_dirs=[MAPS])
+    lane, right = town.lanes[(50, 0, -5)], town.lanes[(50, 0, -6)]
+    assert lane.right == right.key and lane.lane_change_right
+    assert lane.lane_change_right_range[0] == 0.0 and 30.0 < lane.lane_change_right_range[1] < 40.0
+    start = (*lane.centerline[60], None)
+    goal = (*right.centerline[95], None)
+    from hdmap.routing import plan_route
+
+    leaderboard = plan_route(town, [start, goal], leaderboard=True)
+    assert leaderboard.lane_sequence == [lane.key, right.key] and leaderboard.total_length < 40.0
+    legal = plan_route(town, [start, goal])
+    assert legal.total_length > 300.0 and right.key == legal.lane_keys[-1]

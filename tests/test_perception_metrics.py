@@ -122,3 +122,22 @@ def test_config_is_checked():
         DetectionEvalConfig(tp_threshold_m=3.0)
     with pytest.raises(KeyError):
         DetectionEvalConfig(class_names=("TRUCK",))
+
+
+def test_recall_below_min_recall_scores_zero_and_errors_one():
+    # One hit among 20 cars: recall 0.05 never reaches min_recall 0.1, so AP 0 and every error 1,
+    # even though the one match is perfect.
+    gt = boxes([(2.0 * k, 0) for k in range(1, 21)])   # 2 .. 40 m, inside the 50 m vehicle range
+    pred = boxes([(2.0, 0)])
+    curve = accumulate([gt], [pred], V, 2.0, CFG)
+    assert curve.n_tp == 1 and curve.max_recall_index == 5
+    assert average_precision(curve, 0.1, 0.1) == 0.0
+    assert tp_error(curve, 0.1, "trans_err") == 1.0
+
+
+def test_ties_follow_the_devkit_order():
+    # Equal scores: the devkit's sort visits the later prediction first, so it takes the car.
+    gt = boxes([(10, 0)])
+    pred = boxes([(10, 0.5), (10, 0.1)], scores=[0.5, 0.5])
+    curve = accumulate([gt], [pred], V, 2.0, CFG)
+    assert tp_error(curve, 0.1, "trans_err") == pytest.approx(0.1)

@@ -106,3 +106,25 @@ def test_eval_cli_on_a_collected_dataset(tmp_path, capsys):
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["frames"] == ["val/000000"]
     assert metrics["classes"]["VEHICLE"]["n_gt"] == 1   # the car at 34.8 m (the other label is Misc)
+
+
+def test_detect_and_realdata_with_a_model_folder(tmp_path):
+    # The learned detector's model-folder path, with a tiny untrained network: the plumbing, not skill.
+    torch = pytest.importorskip("torch")
+    from perception.detector.config import config_from_dict
+    from perception.detector.model import save_model
+    from perception.detector.network import PillarCenterNet
+    config = config_from_dict({
+        "voxel": {"point_cloud_range": [-25.6, -25.6, -3.0, 25.6, 25.6, 3.0], "voxel_size": [0.4, 0.4, 6.0],
+                  "max_points_per_voxel": 16, "max_voxels": 8000},
+        "pillar_channels": 16, "head": {"shared_channels": 16},
+        "backbone": {"layer_nums": [1, 1, 1], "layer_strides": [2, 2, 2], "num_filters": [16, 32, 32],
+                     "upsample_strides": [1, 2, 4], "num_upsample_filters": [16, 16, 16]},
+        "decode": {"score_threshold": 0.0}})
+    torch.manual_seed(0)
+    save_model(tmp_path / "model", PillarCenterNet(config), config)
+    scan = LIDAR / "nuscenes/LIDAR_TOP_1532402927647951.pcd.bin"
+    args = parse(detect_cli, [str(scan), "--model", str(tmp_path / "model"), "--out", str(tmp_path / "out")])
+    assert detect_cli.run(args) == 0
+    record = json.loads((tmp_path / "out" / "boxes.json").read_text())
+    assert record["boxes"] and all(np.isfinite(b["center"]).all() for b in record["boxes"])

@@ -248,6 +248,10 @@ def test_nonfinite_points_are_dropped_and_counted():
     keep = [0, 1, 3, 4, 6, 8, 9]
     np.testing.assert_array_equal(cloud.points, points[keep])
     np.testing.assert_array_equal(cloud.labels, keep)
+    # the same without labels (the 16-byte fast path)
+    cloud, dropped = rc.decode_pointcloud2(rc.pointcloud_to_msg(PointCloud(points), ROSBAGS))
+    assert dropped == 3
+    np.testing.assert_array_equal(cloud.points, points[keep])
 
 
 def test_foreign_layout_with_padding_extra_fields_and_no_intensity():
@@ -277,3 +281,25 @@ def test_stamps_split_exactly():
     assert rc.stamp_to_sec_nsec(1.5) == (1, 500_000_000)
     assert rc.stamp_to_sec_nsec(-0.25) == (-1, 750_000_000)
     assert rc.time_to_sec(rc.time_msg(1700000000.000000001, ROSBAGS)) == pytest.approx(1700000000.0, abs=1e-6)
+
+
+@needs_autoware
+def test_built_type_hashes_equal_rosbags():
+    """scripts/build_msgs.sh's rosidl output and the rosbags typestore agree on every type hash,
+    so live topics and logs carry the same types."""
+    import json
+    from pathlib import Path
+
+    import autoware_perception_msgs
+
+    from adstack.msgs import msg_definitions
+
+    share = Path(autoware_perception_msgs.__file__).resolve().parents[4] / "share"  # <prefix>/lib/pythonX/site-packages/pkg
+    checked = 0
+    for name in msg_definitions():
+        pkg, _, msg = name.split("/")
+        description = json.loads((share / pkg / "msg" / f"{msg}.json").read_text())
+        own = [h["hash_string"] for h in description["type_hashes"] if h["type_name"] == name]
+        assert own == [ROSBAGS.store.hash_rihs01(name)], name
+        checked += 1
+    assert checked == 20

@@ -64,6 +64,23 @@ def test_params_from_yaml_then_overrides(context, tmp_path):
     assert params.rate_hz == 20.0
 
 
+@dataclass
+class OtherParams:
+    topic: str = "/points"
+
+
+def test_two_param_sets_and_other_parameters_coexist(context):
+    from rclpy.parameter import Parameter
+
+    node = _node(context, "two")
+    a = declare_params(node, StageParams)
+    b = declare_params(node, OtherParams)  # declaring runs a's callback: it must not object
+    node.declare_parameter("extra", 1)
+    assert (a.rate_hz, b.topic) == (10.0, "/points")
+    assert node.set_parameters([Parameter("use_sim_time", value=True)])[0].successful
+    assert not node.set_parameters([Parameter("topic", value="/x")])[0].successful
+
+
 def test_dynamic_params_validate_and_apply(context):
     from rclpy.parameter import Parameter
 

@@ -324,3 +324,42 @@ def test_bench_lidar_reports_numbers():
     from sim.bench_lidar import bench_lidar
     result = bench_lidar(n_actors=10, frames=2)
     assert result["lidar_ms_per_frame"] > 0 and result["points_per_frame"] > 10000
+
+
+def test_motion_compensation_puts_the_sweep_in_the_last_sensor_frame():
+    """A driving ego: raw, the first half's wall points sit 0.5 m off; compensated, all on the wall."""
+    lidar = Lidar(exact(), seed=0)
+    wall = static_boxes([(0.0, 20.0, 3.0)], [(200.0, 1.0, 6.0)])  # wall face at y = 19.5, to the left
+    wall_behind = static_boxes([(-30.0, 0.0, 3.0)], [(1.0, 200.0, 6.0)])  # face at x = -29.5, behind
+    scenery = Boxes.concat([wall, wall_behind])
+    for compensate in (False, True):
+        spinning = SpinningLidar(lidar, tick_s=0.05, motion_compensate=compensate)
+        # the ego drives along +x at 10 m/s: 0.5 m per tick; columns 0..511 (rear, right) in tick 1
+        spinning.tick(0.05, EgoState(x=0.0, y=0.0, yaw=0.0), None, scenery)
+        frame = spinning.tick(0.10, EgoState(x=0.5, y=0.0, yaw=0.0), None, scenery)
+        final = sensor_pose_from_ego(EgoState(x=0.5, y=0.0, yaw=0.0), lidar.config)
+        xyz = to_world(frame.points, final)
+        static = frame.labels == ObjectClass.STATIC
+        behind = static & (xyz[:, 0] < -20) & (xyz[:, 1] < 0)  # rear right: azimuth in (-pi, -pi/2), tick 1
+        left = static & (xyz[:, 1] > 15) & (xyz[:, 0] > -20)    # left: azimuth in (0, pi), tick 2
+        assert behind.sum() > 100 and left.sum() > 100
+        assert np.allclose(xyz[left, 1], 19.5, atol=1e-3)
+        offset = 0.0 if compensate else 0.5  # raw: tick-1 points read as if cast from the final pose
+        assert np.allclose(xyz[behind, 0], -29.5 + offset, atol=1e-3)
+
+
+def test_explicit_channel_elevations(tmp_path):
+    elevations = [-24.0, -10.0, -5.0, -2.0, -1.0, 0.5]
+    path = tmp_path / "uneven.param.yaml"
+    path.write_text("/**:\n  ros__parameters:\n    channels: 6\n    channel_elevations_deg: " + str(elevations) + "\n"
+                    "    range_noise_sigma_m: 0.0\n    dropout_probability: 0.0\n")
+    cfg = LidarConfig.load(path)
+    cloud = Lidar(cfg, seed=0).scan((0.0, 0.0, 1.8, 0.0, 0.0, 0.0), None, None, 0.0)
+    # every ground ring lies where its beam meets the plane: 1.8 / tan(-elevation) away horizontally
+    ranges = np.unique(np.round(np.hypot(cloud.points[:, 0], cloud.points[:, 1]), 3))
+    expected = 1.8 / np.tan(np.deg2rad(-np.array(elevations[:-1])))
+    assert np.allclose(np.sort(ranges), np.sort(expected[expected < 100.0]), atol=2e-3)
+    with pytest.raises(DataError, match="one value per channel"):
+        LidarConfig(channels=4, channel_elevations_deg=(-2.0, -1.0))
+    with pytest.raises(DataError, match="ascending"):
+        LidarConfig(channels=2, channel_elevations_deg=(1.0, -1.0))

@@ -7,7 +7,7 @@ import pytest
 
 from adstack.errors import DataError
 from adstack.paths import shared_data_dir
-from adstack.types import Command, EgoState, LightState, ObjectClass
+from adstack.types import Command, LightState, ObjectClass
 from sim.traffic import build_net, sumo_angle_to_yaw, yaw_to_sumo_angle
 from sim.world import World, WorldConfig
 
@@ -214,3 +214,32 @@ def test_bad_traffic_parameters_are_rejected(traffic, message):
     from adstack.config import from_dict
     with pytest.raises(DataError, match=message):
         from_dict(WorldConfig, {"traffic": traffic})
+
+
+def test_snapshot_lidar_points_lie_in_the_boxes_they_are_labelled_with(town01):
+    from sim.lidar import rotation_rpy, sensor_pose_from_ego
+    config = WorldConfig(lidar_mode="snapshot", scenery=False)
+    config.traffic.vehicles, config.traffic.pedestrians = 100, 100
+    world = World(town01, config, seed=2)
+    state = world.reset(None)
+    frames = []
+    for _ in range(6):
+        state = world.tick(Command(0.0, 1.0))
+        if state.lidar is not None:
+            frames.append(state)
+    lidar_config = world.lidar.lidar.config
+    world.close()
+    assert [f.tick for f in frames] == [2, 4, 6]  # whole revolutions at 10 Hz
+    s = frames[-1]
+    pose = sensor_pose_from_ego(s.ego, lidar_config)
+    xyz = s.lidar.points[:, :3].astype(np.float64) @ rotation_rpy(*pose[3:]).T + pose[:3]
+    hit = s.lidar.actor_ids > 0
+    assert hit.sum() > 100
+    index = {int(i): k for k, i in enumerate(s.actors.ids)}
+    k = np.array([index[int(i)] for i in s.lidar.actor_ids[hit]])
+    rel = xyz[hit] - s.actors.center[k]
+    c, sn = np.cos(s.actors.yaw[k]), np.sin(s.actors.yaw[k])
+    local = np.stack([c * rel[:, 0] + sn * rel[:, 1], -sn * rel[:, 0] + c * rel[:, 1], rel[:, 2]], axis=1)
+    inside = np.all(np.abs(local) <= s.actors.size[k] / 2 + 0.1, axis=1)  # + range noise
+    assert inside.mean() > 0.99
+    assert np.array_equal(s.lidar.labels[hit], s.actors.label[k])

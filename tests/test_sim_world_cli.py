@@ -37,6 +37,9 @@ def test_short_run_writes_a_readable_bag_with_the_right_counts(tmp_path, capsys)
         points_conn = next(c for c in reader.connections if c.topic == "/sensing/lidar/points")
         _, _, raw = next(reader.messages(connections=[points_conn]))
         cloud = reader.deserialize(raw, points_conn.msgtype)
+        lights_conn = next(c for c in reader.connections if "traffic_signals" in c.topic)
+        _, _, raw = next(reader.messages(connections=[lights_conn]))
+        light_groups = reader.deserialize(raw, lights_conn.msgtype).traffic_light_groups
     assert counts["/sensing/lidar/points"] == 30  # 10 Hz
     assert counts["/localization/kinematic_state"] == 60  # every 0.05 s tick
     assert counts["/control/command/control_cmd"] == 60
@@ -47,6 +50,11 @@ def test_short_run_writes_a_readable_bag_with_the_right_counts(tmp_path, capsys)
     assert types["/localization/kinematic_state"] == "nav_msgs/msg/Odometry"
     assert types["/simulation/ground_truth/objects/debug/markers"] == "visualization_msgs/msg/MarkerArray"
     assert [f.name for f in cloud.fields][:4] == ["x", "y", "z", "intensity"] and cloud.width > 10000
+
+    # Light group ids are the OpenDRIVE signal ids of the map (as Autoware's ids name map elements).
+    from hdmap.map import load_map
+    assert {int(g.traffic_light_group_id) for g in light_groups} == \
+        {int(s.id) for s in load_map("Town01", map_dirs=[CARLA_MAPS]).traffic_lights}
 
     # mcap-ros2-support decodes the same file without rosbags.
     from mcap_ros2.reader import read_ros2_messages
@@ -67,6 +75,20 @@ def test_same_seed_gives_identical_message_payloads(tmp_path):
     a, b = payloads(tmp_path / "a" / "bag"), payloads(tmp_path / "b" / "bag")
     assert len(a) == len(b) > 50
     assert a == b
+
+
+def test_same_seed_same_bytes_across_processes_and_hash_seeds(tmp_path):
+    import os
+    import subprocess
+    import sys
+    for name, hash_seed in (("p1", "1"), ("p2", "2")):
+        proc = subprocess.run([sys.executable, "-m", "adstack.cli", "sim", "--map", "Town01", "--map-dir", CARLA_MAPS,
+                               "--seconds", "1", "--seed", "3", "--vehicles", "30", "--pedestrians", "30", "--no-lidar",
+                               "--out", str(tmp_path / name)], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONHASHSEED": hash_seed})
+        assert proc.returncode == 0, proc.stderr
+    assert payloads(tmp_path / "p1" / "bag") == payloads(tmp_path / "p2" / "bag")
+    assert (tmp_path / "p1" / "ground_truth.jsonl").read_bytes() == (tmp_path / "p2" / "ground_truth.jsonl").read_bytes()
 
 
 @pytest.mark.parametrize("args, message", [
