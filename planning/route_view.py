@@ -8,6 +8,9 @@ from adstack.errors import DataError
 from planning.expert_config import ExpertConfig
 
 
+PROGRESS_PENALTY_PER_M = 0.05  # metres of distance per metre of progress, when choosing the ego's route point
+
+
 def wrap_angle(a):
     return (np.asarray(a) + np.pi) % (2.0 * np.pi) - np.pi
 
@@ -92,13 +95,14 @@ class RouteView:
     def locate(self, xy: np.ndarray) -> tuple[int, float, float]:
         """Route index nearest to ``xy`` (searched forward from the last one), arc length, lateral offset."""
         cfg = self.config
-        if self.index is None:
-            lo, hi = 0, len(self.path)
-        else:
-            lo = max(self.index - 10, 0)
-            hi = int(np.searchsorted(self.s, self.s[self.index] + cfg.progress_search_m)) + 1
+        # Search forward from the last position (from the start at first: a route may pass its own
+        # start again later, and the ego begins at the beginning).
+        last = 0 if self.index is None else self.index
+        lo = max(last - 10, 0)
+        hi = int(np.searchsorted(self.s, self.s[last] + cfg.progress_search_m)) + 1
         d2 = np.sum((self.path[lo:hi] - xy) ** 2, axis=1)
-        i = lo + int(np.argmin(d2))
+        # Where the route crosses itself, prefer the nearer pass along the route over a later one.
+        i = lo + int(np.argmin(d2 + (PROGRESS_PENALTY_PER_M * (self.s[lo:hi] - self.s[last])) ** 2))
         if d2.min() > cfg.lost_distance_m ** 2 and (lo, hi) != (0, len(self.path)):
             d2 = np.sum((self.path - xy) ** 2, axis=1)
             i = int(np.argmin(d2))

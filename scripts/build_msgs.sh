@@ -13,9 +13,11 @@
 # (/opt/python/cp311-cp311/...). Generating a package that depends on them fails until those
 # paths point at this venv's Python headers and numpy.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-ROOT=$PWD
-VENV=$(cd "${1:-${ADSTACK_VENV:-$ROOT/.venv}}" && pwd)
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VENV_ARG=${1:-${ADSTACK_VENV:-$ROOT/.venv}}
+[ -d "$VENV_ARG" ] || { echo "build_msgs: error: no virtual environment at $VENV_ARG" >&2; exit 1; }
+VENV=$(cd "$VENV_ARG" && pwd)  # resolved from the caller's directory, before moving to the repo
+cd "$ROOT"
 PY=$VENV/bin/python
 BUILD=${ADSTACK_MSGS_BUILD:-$ROOT/build/msgs}
 PACKAGES=(autoware_perception_msgs autoware_planning_msgs autoware_control_msgs)

@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export MPLBACKEND=Agg
-exec .venv/bin/adstack sim --map Town01 --seconds 20 --seed 0 --out runs/demo "$@"
+exec .venv/bin/adstack drive --map Town01 --routes sim/routes/town01_demo.xml --route-id 0 --seed 0 --out runs/demo "$@"

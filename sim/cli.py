@@ -80,6 +80,7 @@ def _world_config(args):
 
 def _gt_record(state) -> dict:
     """One ground-truth frame as plain JSON (map frame, SI units, radians)."""
+    import numpy as np
     a, e = state.actors, state.ego
     r = lambda v: round(float(v), 4)  # noqa: E731  (keeps the file small and stable)
     return {
@@ -87,9 +88,10 @@ def _gt_record(state) -> dict:
         "ego": {"x": r(e.x), "y": r(e.y), "z": r(e.z), "yaw": r(e.yaw), "v": r(e.v), "accel": r(e.accel),
                 "steer": r(e.steer), "box": {"center": [r(v) for v in state.ego_box.center[0]],
                                              "size": [r(v) for v in state.ego_box.size[0]]}},
-        "actors": [{"id": int(a.ids[i]), "label": int(a.label[i]), "center": [r(v) for v in a.center[i]],
-                    "size": [r(v) for v in a.size[i]], "yaw": r(a.yaw[i]), "velocity": [r(v) for v in a.velocity[i]]}
-                   for i in range(len(a))],
+        "actors": [{"id": i, "label": lb, "center": c, "size": sz, "yaw": yw, "velocity": vel}
+                   for i, lb, c, sz, yw, vel in zip(a.ids.tolist(), a.label.tolist(), np.round(a.center, 4).tolist(),
+                                                    np.round(a.size, 4).tolist(), np.round(a.yaw, 4).tolist(),
+                                                    np.round(a.velocity, 4).tolist())],
         "traffic_lights": [{"id": tl.id, "map_signal_id": getattr(tl, "map_signal_id", ""), "state": int(tl.state),
                             "position": [r(v) for v in tl.position], "yaw": r(getattr(tl, "yaw", 0.0)),
                             "lanes": [list(x) for x in tl.lanes],

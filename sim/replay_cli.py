@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="detector: default (shipped learned model, else classical) | classical | model directory")
     parser.add_argument("--rate", type=float, default=0.0,
                         help="playback speed: 0 as fast as possible (default), 1.0 recorded timing")
-    parser.add_argument("--topic-map", nargs="+", default=[], metavar="ROLE=TOPIC",
+    parser.add_argument("--topic-map", nargs="+", action="extend", default=[], metavar="ROLE=TOPIC",
                         help="use these topics: lidar=/points odom=/odom gt=/objects route=/route")
     parser.add_argument("--graph", default="inprocess", choices=["inprocess", "ros2"],
                         help="inprocess: call the cores; ros2: the lidar_detector and tracker nodes over DDS, "

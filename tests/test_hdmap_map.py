@@ -204,3 +204,32 @@ def test_single_unlinked_road_loads(tmp_path):
     (lane,) = hdmap.lanes.values()
     np.testing.assert_allclose(lane.centerline[[0, -1]], [[0.0, -1.75], [10.0, -1.75]], atol=1e-3)
     assert lane.successors == [] and lane.predecessors == []
+
+
+def test_batch_nearest_lanes_match_single_queries(junction4):
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(-100, 100, size=(200, 2)) * rng.integers(0, 2, size=(200, 1)) + rng.normal(0, 2, (200, 2))
+    yaw = rng.uniform(-math.pi, math.pi, 200)
+    keys, lateral, s = junction4.nearest_lanes(xy, yaw)
+    for i in range(0, 200, 7):
+        key, lat, s_i = junction4.nearest_lane(*xy[i], yaw=yaw[i])
+        assert keys[i] == key and lateral[i] == pytest.approx(lat) and s[i] == pytest.approx(s_i)
+
+
+@pytest.mark.parametrize("name", ["junction4", "grid_town"])
+def test_generated_maps_convert_with_sumo_netconvert(tmp_path, name):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    netconvert = shutil.which("netconvert") or str(Path(sys.executable).parent / "netconvert")
+    if not Path(netconvert).is_file():
+        pytest.skip("SUMO netconvert not installed")
+    hdmap = load_map(name)
+    out = tmp_path / f"{name}.net.xml"
+    proc = subprocess.run([netconvert, "--opendrive", str(hdmap.xodr_path), "-o", str(out), "--tls.guess-signals", "true"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    text = out.read_text()
+    assert text.count("<tlLogic ") == len(hdmap.junction_ids)

@@ -172,3 +172,14 @@ def test_leaderboard_mode_changes_lanes_where_the_planner_would():
     assert leaderboard.lane_sequence == [lane.key, right.key] and leaderboard.total_length < 40.0
     legal = plan_route(town, [start, goal])
     assert legal.total_length > 300.0 and right.key == legal.lane_keys[-1]
+
+
+def test_overlapping_junction_lanes_resolve_to_the_one_that_leads_to_the_goal(junction4):
+    # At the junction entry the incoming lane ends and the straight, left and right lanes start.
+    candidates = junction4.snap_candidates(-10.0, -1.75, 0.0)
+    assert {k for k, _, _ in candidates} == {(3, 0, 1)} | set(junction4.lanes[(3, 0, 1)].successors)
+    for goal, arm in [((1.75, 60.0, math.pi / 2), (2, 0, -1)), ((60.0, -1.75, 0.0), (1, 0, -1)),
+                      ((-1.75, -60.0, -math.pi / 2), (4, 0, -1))]:
+        route = junction4.route((-10.0, -1.75, 0.0), goal)
+        assert route.lane_sequence[-1] == arm and len(route.lane_sequence) == 2
+        assert route.total_length < 90.0

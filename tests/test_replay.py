@@ -198,7 +198,9 @@ def test_clouds_without_a_near_pose_are_dropped_and_counted(tmp_path):
         bag.write_pointcloud(topics.LIDAR_POINTS, scan_at(0.1), 0.1)   # pose 0.1 s away: accepted (limit 0.2 s)
         bag.write_pointcloud(topics.LIDAR_POINTS, scan_at(0.5), 0.5)   # 0.5 s away: dropped
         bag.write_pointcloud(topics.LIDAR_POINTS, scan_at(0.05), 0.6)  # stamped before the previous cloud: dropped
-    report = replay(ReplayOptions(bag=str(tmp_path / "bag"), out=str(tmp_path / "out"), model="classical", progress=False))
+    # --viz on a free port: the live view is fed alongside (its content is tested in test_viz.py).
+    report = replay(ReplayOptions(bag=str(tmp_path / "bag"), out=str(tmp_path / "out"), model="classical",
+                                  viz=True, viz_port=0, progress=False))
     assert report["frames"]["processed"] == 1
     assert report["frames"]["dropped"] == {"no_pose": 1, "out_of_order_stamp": 1}
 

@@ -124,7 +124,19 @@ def test_fast_objects_cdr_equals_the_serializer(frame_id, n, tracked):
                   rng.integers(-1, 10**12, n), frame_id, 77.125)
     convert = rc.tracked_objects_to_msg if tracked else rc.detected_objects_to_msg
     msg = convert(boxes, ROSBAGS)
-    assert rc.objects_to_cdr(boxes, tracked, ROSBAGS.store) == bytes(ROSBAGS.store.serialize_cdr(msg, rc.msg_typename(msg)))
+    reference = bytes(ROSBAGS.store.serialize_cdr(msg, rc.msg_typename(msg)))
+    assert rc.objects_to_cdr(boxes, tracked, ROSBAGS.store) == reference
+
+
+def test_from_cdr():
+    _, _, ego, boxes, _ = _values()
+    back = rc.from_cdr(rc.objects_to_cdr(boxes, tracked=True), "autoware_perception_msgs/msg/TrackedObjects")
+    np.testing.assert_array_equal(back.ids, boxes.ids)
+    odom = rc.odometry_to_msg(ego, factory=ROSBAGS)
+    e = rc.from_cdr(ROSBAGS.store.serialize_cdr(odom, "nav_msgs/msg/Odometry"), "nav_msgs/msg/Odometry")
+    assert (e.x, e.yaw) == pytest.approx((ego.x, ego.yaw))
+    with pytest.raises(KeyError, match="no adstack conversion"):
+        rc.from_cdr(b"", "std_msgs/msg/Empty")
 
 
 def _same_cdr(build):
@@ -294,7 +306,8 @@ def test_built_type_hashes_equal_rosbags():
 
     from adstack.msgs import msg_definitions
 
-    share = Path(autoware_perception_msgs.__file__).resolve().parents[4] / "share"  # <prefix>/lib/pythonX/site-packages/pkg
+    # <prefix>/lib/pythonX.Y/site-packages/autoware_perception_msgs/__init__.py -> <prefix>/share
+    share = Path(autoware_perception_msgs.__file__).resolve().parents[4] / "share"
     checked = 0
     for name in msg_definitions():
         pkg, _, msg = name.split("/")
@@ -303,3 +316,23 @@ def test_built_type_hashes_equal_rosbags():
         assert own == [ROSBAGS.store.hash_rihs01(name)], name
         checked += 1
     assert checked == 20
+
+
+def test_predicted_objects_are_read_as_boxes():
+    """Autoware's planners consume PredictedObjects; reading them gives the boxes back."""
+    f = ROSBAGS
+    obj = f.make("autoware_perception_msgs/msg/PredictedObject",
+                 object_id=f.make("unique_identifier_msgs/msg/UUID", uuid=rc.uuid_from_id(42)),
+                 existence_probability=0.8,
+                 classification=[f.make("autoware_perception_msgs/msg/ObjectClassification", label=2, probability=0.3),
+                                 f.make("autoware_perception_msgs/msg/ObjectClassification", label=7, probability=0.7)],
+                 kinematics=f.make("autoware_perception_msgs/msg/PredictedObjectKinematics",
+                                   initial_pose_with_covariance=f.make("geometry_msgs/msg/PoseWithCovariance",
+                                                                       pose=rc.pose_msg(1, 2, 0, 0.5, f))),
+                 shape=f.make("autoware_perception_msgs/msg/Shape", dimensions=rc.vector3_msg(0.6, 0.6, 1.8, f)))
+    msg = f.make("autoware_perception_msgs/msg/PredictedObjects", header=rc.header_msg(4.0, "map", f), objects=[obj])
+    name = "autoware_perception_msgs/msg/PredictedObjects"
+    boxes = rc.from_cdr(f.store.serialize_cdr(msg, name), name)
+    assert boxes.ids.tolist() == [42]
+    assert boxes.label.tolist() == [ObjectClass.PEDESTRIAN]  # the most probable class
+    assert boxes.center[0].tolist() == [1, 2, 0] and boxes.yaw[0] == pytest.approx(0.5)

@@ -156,12 +156,16 @@ def exchange(ros_env):
             from autoware_planning_msgs.msg import Trajectory as TrajectoryMsg
 
             subs += [(DetectedObjects, "detected", rc.boxes_from_objects, reliable_qos()),
-                     (TrackedObjects, "tracked", rc.boxes_from_objects, reliable_qos()),
+                     # raw subscription: CDR bytes decoded by rosbags (the fast path for object arrays)
+                     (TrackedObjects, "tracked",
+                      lambda data: rc.from_cdr(data, "autoware_perception_msgs/msg/TrackedObjects"), "raw"),
                      (TrajectoryMsg, "trajectory", rc.trajectory_from_msg, reliable_qos()),
                      (Control, "control", rc.command_from_msg, reliable_qos()),
                      (TrafficLightGroupArray, "lights", rc.traffic_lights_from_msg, reliable_qos())]
         for msg_type, key, convert, qos in subs:
-            node.create_subscription(msg_type, f"{prefix}/{key}", keep(key, convert), qos)
+            raw = qos == "raw"
+            node.create_subscription(msg_type, f"{prefix}/{key}", keep(key, convert),
+                                     reliable_qos() if raw else qos, raw=raw)
         node.create_subscription(
             DiagnosticArray, "/diagnostics",
             lambda m: [received.setdefault("diag", s) for s in m.status if f"exchange_pub_{child.pid}" in s.name], 10)

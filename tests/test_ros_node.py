@@ -127,7 +127,8 @@ def test_stage_timer_publishes(context):
 
     node = _node(context, "timed")
     got = []
-    node.create_subscription(Float64, f"/timed_{os.getpid()}/debug/pipeline_latency_ms", lambda m: got.append(m.data), 10)
+    node.create_subscription(Float64, f"/timed_{os.getpid()}/debug/pipeline_latency_ms",
+                             lambda m: got.append(m.data), 10)
     timer = StageTimer(node)
     stamp = now_s(node) - 0.25
     with timer.measure(stamp):
