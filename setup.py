@@ -21,7 +21,8 @@ setup(
     name="adstack",
     version="0.1.0",
     packages=find_packages(include=PACKAGES + [f"{p}.*" for p in PACKAGES]),
-    package_data={p: ["config/*.yaml", "*.md", "models/**/*"] for p in PACKAGES},
+    package_data={**{p: ["config/*.yaml", "*.md", "models/**/*", "routes/*.xml"] for p in PACKAGES},
+                  "adstack.msgs": ["*/msg/*.msg", "*.md", "*.txt"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/adstack"]),
         ("share/adstack", ["package.xml"]),

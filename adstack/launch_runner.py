@@ -31,13 +31,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=0.0, help="sim: cap on simulated time (0: route timeout)")
     parser.add_argument("--perception", default="ground_truth", choices=["ground_truth", "lidar"],
                         help="sim: planner sees ground truth (bridge publishes it as detections) or lidar detections")
+    parser.add_argument("--planner", default="expert", choices=["expert", "learned"], help="sim: planner of the planning node")
+    parser.add_argument("--vehicles", type=int, default=None, help="sim: SUMO vehicles (default: world config)")
+    parser.add_argument("--pedestrians", type=int, default=None, help="sim: SUMO pedestrians (default: world config)")
+    parser.add_argument("--sync-timeout", type=float, default=2.0,
+                        help="sim: wall seconds a node waits for the inputs of its lockstep tick before going on "
+                             "with the latest ones (0: no lockstep, nodes run free)")
     parser.add_argument("--out", default="runs/launch", help="output directory (result.json, logs of each node)")
     parser.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: random 1-200)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="wall-clock limit (s)")
 
 
+def ros_param_value(value) -> str:
+    """A ``-p name:=value`` value that rcl parses (as YAML) back to the same Python type: strings are
+    single-quoted so that ``route_id:='1'`` stays a string and ``map:=''`` is not a parse error."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
 def node_command(spec, extra_params: dict) -> list[str]:
-    return [sys.executable, "-m", spec.module, *spec.ros_args(extra_params)]
+    params = {key: ros_param_value(value) for key, value in extra_params.items()}
+    return [sys.executable, "-m", spec.module, *spec.ros_args(params)]
 
 
 def start_graph(graph: str, params_by_node: dict, out: Path, env: dict) -> dict[str, subprocess.Popen]:
@@ -47,6 +64,37 @@ def start_graph(graph: str, params_by_node: dict, out: Path, env: dict) -> dict[
         procs[spec.name] = subprocess.Popen(node_command(spec, params_by_node.get(spec.name, {})), env=env,
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return procs
+
+
+PLANNER_HZ = 10.0
+
+
+def sim_params(args, common: dict, out: Path) -> dict[str, dict]:
+    """Per-node parameters of ``launch sim``.
+
+    The bridge steps the world only when the command for the current tick has come back, so sensor
+    time stands still while the stack thinks: the wall-clock silence watchdogs are off, and each node
+    waits (``--sync-timeout``) for the inputs stamped with its tick, which makes the graph compute what
+    the in-process ``adstack drive`` computes whatever order DDS delivers messages in."""
+    ground_truth = args.perception == "ground_truth"
+    bridge = {**common, "seed": args.seed, "seconds": float(args.seconds), "out": str(out.resolve()),
+              "publish_ground_truth_as_detections": ground_truth,
+              "planner": args.planner,
+              # planner, controller and the lidar detector (which subscribes even when disabled)
+              "min_odometry_subscribers": 3}
+    if args.vehicles is not None:
+        bridge["vehicles"] = args.vehicles
+    if args.pedestrians is not None:
+        bridge["pedestrians"] = args.pedestrians
+    sync = max(0.0, float(args.sync_timeout))
+    planner = {**common, "planner": args.planner, "planner_hz": PLANNER_HZ, "use_ground_truth_objects": ground_truth,
+               "odometry_timeout_s": 0.0, "sync_timeout_s": sync}
+    controller = {"odometry_timeout_s": 0.0, "sync_trajectory_period_s": 1.0 / PLANNER_HZ if sync > 0 else 0.0,
+                  "sync_timeout_s": sync if sync > 0 else 1.0}
+    params = {"sim_bridge": bridge, "map_server": dict(common), "planner": planner, "controller": controller}
+    if ground_truth:
+        params["lidar_detector"] = {"enabled": False}
+    return params
 
 
 def stop_all(procs: dict[str, subprocess.Popen], grace_s: float = 5.0) -> dict[str, int]:
@@ -75,13 +123,8 @@ def run(args) -> int:
             raise UserError("launch sim needs --routes and --route-id")
         common = {"routes": str(Path(args.routes).resolve()), "route_id": str(args.route_id),
                   "map": args.map or "", "map_dirs": ",".join(str(Path(d).resolve()) for d in args.map_dir)}
-        params["sim_bridge"] = {**common, "seed": args.seed, "seconds": float(args.seconds),
-                                "out": str(out.resolve()), "publish_ground_truth_as_detections":
-                                str(args.perception == "ground_truth").lower()}
-        params["map_server"] = dict(common)
-        params["planner"] = dict(common)
-        if args.perception == "ground_truth":
-            params["lidar_detector"] = {"enabled": "false"}
+        params.update(sim_params(args, common, out))
+        (out / "result.json").unlink(missing_ok=True)  # a result left from an earlier run is not this one's
     procs = start_graph(args.graph, params, out, env)
     print(f"adstack launch {args.graph}: {len(procs)} nodes on ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']} "
           f"(logs in {out}/<node>.log)", file=sys.stderr)
@@ -107,6 +150,10 @@ def run(args) -> int:
         pass
     codes = stop_all(procs)
     result_path = out / "result.json"
+    if args.graph == "sim" and not result_path.is_file():
+        print(f"adstack launch: the sim bridge wrote no result.json (exit code {codes.get('sim_bridge')}); "
+              f"see {out}/sim_bridge.log", file=sys.stderr)
+        return code or 1
     if args.graph == "sim" and result_path.is_file():
         result = json.loads(result_path.read_text())
         result["node_exit_codes"] = codes

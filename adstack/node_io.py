@@ -21,3 +21,95 @@ TYPES = {
 
 def msg_class(short_name: str):
     return RclpyFactory.message_class(TYPES[short_name])
+
+
+# --------------------------------------------------------------------------------------------
+# Input validation shared by the stage nodes (ROS-free: works on the converted adstack values).
+#
+# A message that converts is not yet a message a core may see: NaN/Inf, absurd sizes, a wrong frame
+# or a stamp from the past would poison a Kalman filter or a planner for good. Each check raises
+# MalformedMessage(kind, ...) with a short ``kind`` that the node counts on /diagnostics.
+
+import math  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from adstack.ros_convert import MalformedMessage  # noqa: E402
+
+MAX_OBJECTS = 2_000  # far more than any sensor sees around a car; more is garbage
+MAX_TRAJECTORY_POINTS = 10_000
+MAX_ABS_COORD_M = 1e6  # map coordinates beyond 1000 km are garbage, not a place
+MAX_ABS_SPEED_MPS = 200.0
+MAP_FRAME = "map"
+
+
+def check_sequence_length(msg, field: str, limit: int, topic: str | None = None) -> None:
+    """Reject an oversized sequence before converting it element by element (cheap: ``len``)."""
+    n = len(getattr(msg, field))
+    if n > limit:
+        raise MalformedMessage("too_large", f"{n} {field} exceeds the limit of {limit}", topic)
+
+
+def check_ego(ego, topic: str | None = None):
+    """An EgoState with finite, plausible pose and speed, else MalformedMessage."""
+    values = (ego.x, ego.y, ego.z, ego.yaw, ego.v, ego.yaw_rate)
+    if not all(math.isfinite(v) for v in values):
+        raise MalformedMessage("nonfinite", "NaN/Inf in the kinematic state", topic)
+    if abs(ego.x) > MAX_ABS_COORD_M or abs(ego.y) > MAX_ABS_COORD_M or abs(ego.v) > MAX_ABS_SPEED_MPS:
+        raise MalformedMessage("out_of_range", f"pose ({ego.x:.3g}, {ego.y:.3g}) or speed {ego.v:.3g} is implausible",
+                               topic)
+    return ego
+
+
+def clean_boxes(boxes, topic: str | None = None, frame_id: str | None = MAP_FRAME):
+    """(boxes without non-finite or implausible objects, number dropped); a wrong frame is an error.
+
+    Single bad objects are dropped rather than the whole message, as bad lidar points are: one
+    garbage box must not hide the other objects from the planner."""
+    if frame_id is not None and boxes.frame_id != frame_id:
+        raise MalformedMessage("wrong_frame", f"objects in frame {boxes.frame_id!r}, expected {frame_id!r}", topic)
+    if len(boxes) == 0:
+        return boxes, 0
+    with np.errstate(invalid="ignore"):
+        good = (np.isfinite(boxes.center).all(1) & np.isfinite(boxes.size).all(1) & np.isfinite(boxes.yaw)
+                & np.isfinite(boxes.velocity).all(1) & np.isfinite(boxes.score)
+                & (np.abs(boxes.center[:, :2]) <= MAX_ABS_COORD_M).all(1) & (boxes.size >= 0).all(1)
+                & (boxes.size <= 100.0).all(1) & (np.abs(boxes.velocity) <= MAX_ABS_SPEED_MPS).all(1))
+    dropped = int(len(boxes) - np.count_nonzero(good))
+    return (boxes.select(good) if dropped else boxes), dropped
+
+
+def check_trajectory(traj, topic: str | None = None, frame_id: str | None = MAP_FRAME):
+    if frame_id is not None and traj.frame_id != frame_id:
+        raise MalformedMessage("wrong_frame", f"trajectory in frame {traj.frame_id!r}, expected {frame_id!r}", topic)
+    if len(traj) and not np.isfinite(traj.points).all():
+        raise MalformedMessage("nonfinite", "NaN/Inf in the trajectory", topic)
+    return traj
+
+
+class StampGuard:
+    """Orders one input's stamps: ``check(stamp)`` returns
+
+    * ``"ok"``: newer than the last accepted one (accepted);
+    * ``"duplicate_stamp"`` / ``"out_of_order_stamp"``: not newer (drop it);
+    * ``"clock_jump_back"``: older by more than ``reset_after_s``: a new run (a replay restarted, the
+      simulator reset) or the previous stamp was garbage from the future; accepted, and the node
+      should reset its state. Without this one absurd future stamp would block the input for good.
+    """
+
+    def __init__(self, reset_after_s: float = 5.0):
+        self.reset_after_s = reset_after_s
+        self.last: float | None = None
+
+    def check(self, stamp: float) -> str:
+        last = self.last
+        if last is not None and stamp <= last:
+            if last - stamp > self.reset_after_s:
+                self.last = stamp
+                return "clock_jump_back"
+            return "duplicate_stamp" if stamp == last else "out_of_order_stamp"
+        self.last = stamp
+        return "ok"
+
+    def reset(self) -> None:
+        self.last = None

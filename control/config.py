@@ -34,7 +34,7 @@ class LongitudinalConfig:
     integral_limit_mps2: float = 1.0
     speed_preview_s: float = 0.3  # read the target speed this far ahead along the path (actuator lag)
     speed_preview_min_m: float = 1.0  # ... and at least this far (a plan from standstill starts at 0 m/s)
-    feedforward: bool = True  # add the trajectory's own acceleration (v dv/ds)
+    feedforward: bool = True  # add the trajectory's own acceleration at the car ((v1^2 - v0^2) / 2 ds)
     stop_speed_mps: float = 0.2  # below this with a stop target: hold the brake
     stop_hold_decel_mps2: float = 1.5
 

@@ -1,14 +1,25 @@
-"""Control node: Trajectory + kinematic state in, Control command out, one step per odometry message.
+"""Control node: Trajectory + kinematic state in, Control command out, one step per kinematic state.
 
-A silent or stale trajectory makes the core command a controlled stop (see control/README.md); a
-watchdog on the node clock does the same if odometry itself stops arriving.
+Each command is stamped with the kinematic state it answers. A silent, stale, empty or invalid
+trajectory makes the core command a controlled stop (see control/README.md); a watchdog on the node
+clock does the same from the last known state if the kinematic state itself stops arriving
+(``odometry_timeout_s``). Malformed, non-finite, repeated or older inputs are dropped; each kind of
+problem is logged once and counted on /diagnostics.
+
+``sync_trajectory_period_s > 0`` is for lockstep simulation and replay (``adstack launch sim``): when a
+new trajectory is due for this kinematic state (the planner plans every that many seconds of sensor
+time), the step waits up to ``sync_timeout_s`` of wall time for the trajectory stamped with it, so the
+graph follows the same plan as the in-process loop whatever order DDS delivers the two in.
 """
 
 from __future__ import annotations
 
-from adstack.node import Diagnostics, StageTimer, declare_params, param_file, reliable_qos, run_node, sensor_qos
-from adstack.node_io import msg_class
-from adstack.types import Command
+import time
+
+from adstack.node import (Diagnostics, StageTimer, StalenessWatchdog, declare_params, now_s, param_file, reliable_qos,
+                          run_node, sensor_qos)
+from adstack.node_io import MAX_TRAJECTORY_POINTS, StampGuard, check_ego, check_sequence_length, check_trajectory, msg_class
+from adstack.types import Command, EgoState
 from control import Controller, ControllerConfig
 
 try:
@@ -16,42 +27,120 @@ try:
 except ImportError:
     Node = object
 
+STAMP_EPS_S = 1e-6
+# Node-side settings, apart from ControllerConfig (the ROS-free core's parameters).
+NODE_PARAMS = {"diagnostics_period_s": 1.0, "odometry_timeout_s": 1.0, "sync_trajectory_period_s": 0.0,
+               "sync_timeout_s": 1.0}
+
 
 class ControlNode(Node):
     def __init__(self):
         super().__init__("controller")
         self.params = declare_params(self, ControllerConfig, param_file("control", "controller"))
+        node = {name: float(self.declare_parameter(name, default).value) for name, default in NODE_PARAMS.items()}
+        self.node_params = node
         self.core = Controller(self.params)
-        self.diag = Diagnostics(self, "control")
+        self.diag = Diagnostics(self, "control", period_s=node["diagnostics_period_s"])
         self.timer = StageTimer(self)
         self.trajectory = None
-        self.last_odom_stamp = None
+        self.odom_order = StampGuard()
+        self.last_ego: EgoState | None = None
+        self.pending: tuple[EgoState, float] | None = None  # (kinematic state, wall deadline) in sync mode
+        self.watchdog = StalenessWatchdog({"kinematic_state": node["odometry_timeout_s"]}, start=now_s(self))
+        self.stopped_for_silence = False
         self.pub = self.create_publisher(msg_class("Control"), "output/control_cmd", reliable_qos())
         self.create_subscription(msg_class("Trajectory"), "input/trajectory", self.on_trajectory, reliable_qos())
         self.create_subscription(msg_class("Odometry"), "input/kinematic_state", self.on_odometry, sensor_qos())
+        if node["odometry_timeout_s"] > 0:
+            self.create_timer(min(0.1, node["odometry_timeout_s"] / 2), self.check_silence)
+        if node["sync_trajectory_period_s"] > 0:
+            self.create_timer(0.005, self.check_pending)
 
     def on_trajectory(self, msg) -> None:
-        from adstack.ros_convert import trajectory_from_msg
+        from adstack.ros_convert import MalformedMessage, trajectory_from_msg
+        topic = "input/trajectory"
         try:
-            self.trajectory = trajectory_from_msg(msg)
+            check_sequence_length(msg, "points", MAX_TRAJECTORY_POINTS, topic)
+            trajectory = check_trajectory(trajectory_from_msg(msg), topic)
+        except MalformedMessage as exc:
+            self.diag.problem(f"malformed_trajectory.{exc.kind}", str(exc), level=2)
+            return
         except Exception as exc:
             self.diag.problem("malformed_trajectory", f"{type(exc).__name__}: {exc}", level=2)
+            return
+        if self.trajectory is not None and trajectory.stamp < self.trajectory.stamp:
+            if self.trajectory.stamp - trajectory.stamp <= 5.0:
+                self.diag.problem("trajectory_out_of_order_stamp", "trajectory older than the last one: dropped")
+                return
+            self.diag.problem("trajectory_clock_jump_back", "trajectory stamps jumped back: a new run")
+        self.trajectory = trajectory
+        if self.pending is not None and trajectory.stamp >= self.pending[0].stamp - STAMP_EPS_S:
+            ego, self.pending = self.pending[0], None
+            self.control(ego)
 
     def on_odometry(self, msg) -> None:
-        from adstack.ros_convert import command_to_msg, ego_from_odometry
+        from adstack.ros_convert import MalformedMessage, ego_from_odometry
         try:
-            ego = ego_from_odometry(msg)
+            ego = check_ego(ego_from_odometry(msg), "input/kinematic_state")
+        except MalformedMessage as exc:
+            self.diag.problem(f"malformed_odometry.{exc.kind}", str(exc), level=2)
+            return
         except Exception as exc:
             self.diag.problem("malformed_odometry", f"{type(exc).__name__}: {exc}", level=2)
             return
-        if self.last_odom_stamp is not None and ego.stamp <= self.last_odom_stamp:
-            self.diag.problem("out_of_order_stamp", f"odometry {ego.stamp:.3f} after {self.last_odom_stamp:.3f}: dropped")
+        order = self.odom_order.check(ego.stamp)
+        if order in ("duplicate_stamp", "out_of_order_stamp"):
+            self.diag.problem(order, f"kinematic state stamped {ego.stamp:.3f}: dropped")
             return
-        self.last_odom_stamp = ego.stamp
+        if order == "clock_jump_back":
+            self.diag.problem("clock_jump_back", "kinematic state stamps jumped back: a new run")
+            self.trajectory = None  # the core resets itself when its time goes back
+        self.watchdog.feed("kinematic_state", now_s(self))
+        self.stopped_for_silence = False
+        if self.pending is not None:  # superseded: answer it with what there is
+            self.control(self.pending[0])
+            self.pending = None
+        period = self.node_params["sync_trajectory_period_s"]
+        if period > 0:
+            last = -float("inf") if self.trajectory is None else self.trajectory.stamp
+            if ego.stamp - last >= period - STAMP_EPS_S:  # the planner owes a trajectory for this state
+                self.pending = (ego, time.monotonic() + self.node_params["sync_timeout_s"])
+                return
+        self.control(ego)
+
+    def check_pending(self) -> None:
+        if self.pending is not None and time.monotonic() > self.pending[1]:
+            ego, self.pending = self.pending[0], None
+            self.diag.problem("sync_timeout", "no trajectory for this kinematic state in time: using the last one")
+            self.control(ego)
+
+    def check_silence(self) -> None:
+        """No kinematic state for ``odometry_timeout_s``: one controlled-stop command from the last one."""
+        if not self.watchdog.stale(now_s(self)) or self.stopped_for_silence:
+            return
+        self.stopped_for_silence = True
+        self.diag.problem("stale_input.kinematic_state", f"no kinematic state for "
+                          f"{self.node_params['odometry_timeout_s']:g} s: commanding a controlled stop", level=2)
+        if self.last_ego is not None:
+            from adstack.ros_convert import command_to_msg
+            # Not a core step (its clock is sensor time, and none has passed): hold the wheel, brake.
+            command = Command(steer=float(self.core._last_steer or 0.0), accel=self.core._controlled_stop(self.last_ego),
+                              stamp=self.last_ego.stamp)
+            self.pub.publish(command_to_msg(command))
+
+    def control(self, ego: EgoState) -> None:
+        from adstack.ros_convert import command_to_msg
+        self.last_ego = ego
         with self.timer.measure(ego.stamp):
-            command = self.core.step(ego, self.trajectory, ego.stamp)
+            try:
+                command = self.core.step(ego, self.trajectory, ego.stamp)
+            except Exception as exc:  # a core bug must not take the node down: stop, start afresh
+                self.diag.problem("controller_failed", f"{type(exc).__name__}: {exc}", level=2)
+                self.core.reset()
+                command = self.core.step(ego, None, ego.stamp)
         if self.core.debug.status != "ok":
             self.diag.problem(self.core.debug.status, "commanding a controlled stop")
+        self.diag.set_value("status", self.core.debug.status)
         command.stamp = ego.stamp
         self.pub.publish(command_to_msg(command))
 

@@ -1,9 +1,14 @@
-"""Tracking node: DetectedObjects (map frame) in, TrackedObjects out, one tracker step per message."""
+"""Tracking node: DetectedObjects (map frame) in, TrackedObjects out, one tracker step per message.
+
+Every message is checked before the tracker sees it (a NaN would poison its Kalman filters for good):
+oversized arrays, a wrong frame and repeated or older stamps are dropped, single non-finite or absurd
+objects are removed; each kind of problem is logged once and counted on /diagnostics.
+"""
 
 from __future__ import annotations
 
 from adstack.node import Diagnostics, StageTimer, declare_params, param_file, reliable_qos, run_node
-from adstack.node_io import msg_class
+from adstack.node_io import MAX_OBJECTS, StampGuard, check_sequence_length, clean_boxes, msg_class
 from fusion.tracker import MultiObjectTracker, TrackerConfig
 
 try:
@@ -16,27 +21,43 @@ class TrackingNode(Node):
     def __init__(self):
         super().__init__("tracker")
         self.params = declare_params(self, TrackerConfig, param_file("fusion", "tracker"))
+        # Node-side settings that are not the tracker core's (TrackerConfig stays ROS-free).
+        period_s = self.declare_parameter("diagnostics_period_s", 1.0).value
         self.core = MultiObjectTracker(self.params)
-        self.diag = Diagnostics(self, "tracking")
+        self.diag = Diagnostics(self, "tracking", period_s=period_s)
         self.timer = StageTimer(self)
-        self.last_stamp = None
+        self.order = StampGuard()
         self.pub = self.create_publisher(msg_class("TrackedObjects"), "output/objects", reliable_qos())
         self.create_subscription(msg_class("DetectedObjects"), "input/objects", self.on_objects, reliable_qos())
 
     def on_objects(self, msg) -> None:
-        from adstack.ros_convert import boxes_from_objects, tracked_objects_to_msg
+        from adstack.ros_convert import MalformedMessage, boxes_from_objects, tracked_objects_to_msg
+        topic = "input/objects"
         try:
-            boxes = boxes_from_objects(msg)
+            check_sequence_length(msg, "objects", MAX_OBJECTS, topic)
+            boxes, dropped = clean_boxes(boxes_from_objects(msg), topic)
+        except MalformedMessage as exc:
+            self.diag.problem(f"malformed_objects.{exc.kind}", str(exc), level=2)
+            return
         except Exception as exc:  # a bad message is reported and dropped; the node keeps going
             self.diag.problem("malformed_objects", f"{type(exc).__name__}: {exc}", level=2)
             return
-        if self.last_stamp is not None and boxes.stamp <= self.last_stamp:
-            kind = "duplicate_stamp" if boxes.stamp == self.last_stamp else "out_of_order_stamp"
-            self.diag.problem(kind, f"objects stamped {boxes.stamp:.3f} after {self.last_stamp:.3f}: dropped")
+        if dropped:
+            self.diag.problem("nonfinite_objects", f"{dropped} objects with NaN/Inf or absurd values dropped")
+        order = self.order.check(boxes.stamp)
+        if order in ("duplicate_stamp", "out_of_order_stamp"):
+            self.diag.problem(order, f"objects stamped {boxes.stamp:.3f}, last {self.order.last:.3f}: dropped")
             return
-        self.last_stamp = boxes.stamp
+        if order == "clock_jump_back":
+            self.diag.problem("clock_jump_back", "stamps jumped back: a new run, tracks reset")
+            self.core = MultiObjectTracker(self.params)
         with self.timer.measure(boxes.stamp):
-            tracks = self.core.step(boxes, boxes.stamp)
+            try:
+                tracks = self.core.step(boxes, boxes.stamp)
+            except Exception as exc:  # a core bug must not take the node down; start afresh
+                self.diag.problem("tracker_failed", f"{type(exc).__name__}: {exc}", level=2)
+                self.core = MultiObjectTracker(self.params)
+                return
         tracks.frame_id = boxes.frame_id
         tracks.stamp = boxes.stamp
         self.pub.publish(tracked_objects_to_msg(tracks))

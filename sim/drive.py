@@ -51,7 +51,8 @@ class DriveOptions:
     progress: bool = True
     planner_hz: float = 10.0
     log_lidar_hz: float = 1.0  # full clouds are ~1.6 MB each: log a subset of the 10 Hz sweeps
-    log_objects_hz: float = 2.0
+    log_objects_hz: float = 2.0  # ground truth, detections, lights and the planned trajectory
+    log_state_hz: float = 10.0  # odometry and commands
     log_objects_radius_m: float = 80.0  # ground truth around the ego, not the whole town
     viz: bool = False  # serve the drive live to Foxglove (adstack.viz.LiveView, 127.0.0.1:8765)
 
@@ -222,6 +223,7 @@ class RouteSession:
         self.limit_s = opts.seconds if opts.seconds else math.inf
         self.tick_count = 0
         self.objects_every = max(1, int(round(1.0 / (opts.log_objects_hz * cfg.dt))))
+        self.state_every = max(1, int(round(1.0 / (opts.log_state_hz * cfg.dt))))
         self.lidar_period_s = 1.0 / opts.log_lidar_hz if opts.log_lidar_hz > 0 else math.inf
         self.next_lidar_log_t = 0.0
         self.timing: dict = {}
@@ -243,7 +245,7 @@ class RouteSession:
         return self.scorer.done or self.state.t >= self.limit_s - 1e-9
 
     def log_plan(self, trajectory: Trajectory | None, objects: Boxes | None = None) -> None:
-        if self.writer is not None and trajectory is not None:
+        if self.writer is not None and trajectory is not None and self.tick_count % self.objects_every == 0:
             self.writer.write_trajectory(topics.TRAJECTORY, trajectory, self.state.t)
 
     def step(self, command: Command, detections: Boxes | None = None):
@@ -256,8 +258,9 @@ class RouteSession:
         self.driven.append((state.ego.x, state.ego.y, state.ego.v))
         w = self.writer
         if w is not None:
-            w.write_odometry(topics.KINEMATIC_STATE, state.ego, state.t)
-            w.write_command(topics.CONTROL_COMMAND, command, state.t)
+            if self.tick_count % self.state_every == 0:
+                w.write_odometry(topics.KINEMATIC_STATE, state.ego, state.t)
+                w.write_command(topics.CONTROL_COMMAND, command, state.t)
             if self.tick_count % self.objects_every == 0:
                 near = np.hypot(state.actors.center[:, 0] - state.ego.x,
                                 state.actors.center[:, 1] - state.ego.y) <= self.opts.log_objects_radius_m

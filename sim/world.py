@@ -101,6 +101,7 @@ class World:
             self.lidar = SpinningLidar(Lidar(lidar_cfg, seed=self.seed), tick_s=self.config.dt)
             # snapshot mode: a revolution every this many ticks (the rate rounded to whole ticks)
             self._ticks_per_revolution = max(1, int(round(1.0 / (lidar_cfg.rate_hz * self.config.dt))))
+            self._lidar_range_m = lidar_cfg.range_max_m + math.hypot(lidar_cfg.mount_x_m, lidar_cfg.mount_y_m)
             if self.config.scenery:
                 self.scenery = load_scenery(map, self.seed)
         self._flat_z = _flat_height(map)  # a flat map (Town01) needs no per-tick height lookup
@@ -245,10 +246,13 @@ class World:
         if cast_lidar and self.lidar is not None:
             start = time.perf_counter()
             scenery = self.scenery.query(ego.x, ego.y) if self.scenery is not None else None
+            # Only actors the beams can reach (range + half the largest box diagonal) go to the caster.
+            reach = self._lidar_range_m + 0.5 * float(np.hypot(actors.size[:, 0], actors.size[:, 1]).max(initial=0.0))
+            visible = actors.select(np.hypot(actors.center[:, 0] - ego.x, actors.center[:, 1] - ego.y) < reach)
             if self.config.lidar_mode == "spinning":
-                cloud = self.lidar.tick(t, ego, actors, scenery, ego.z)
+                cloud = self.lidar.tick(t, ego, visible, scenery, ego.z)
             elif self._tick % self._ticks_per_revolution == 0:
-                cloud = self.lidar.lidar.scan(ego, actors, scenery, ego.z, stamp=t)
+                cloud = self.lidar.lidar.scan(ego, visible, scenery, ego.z, stamp=t)
             self.timing["lidar_s"] += time.perf_counter() - start
             self.timing["lidar_frames"] += cloud is not None
         return WorldState(t, self._tick, ego, actors, actors_ego, self.traffic.traffic_lights(), cloud,

@@ -23,7 +23,9 @@ def path_trajectory(xy: np.ndarray, speed, stamp: float = 0.0) -> Trajectory:
     yaw = np.append(yaw, yaw[-1])
     s = np.concatenate([[0.0], np.cumsum(np.hypot(d[:, 0], d[:, 1]))])
     v = np.broadcast_to(np.asarray(speed, dtype=float), s.shape)
-    t = s / np.maximum(v, 0.1)
+    # Time stamps consistent with the speeds (constant acceleration between points).
+    v_mean = np.maximum(0.5 * (v[1:] + v[:-1]), 0.1)
+    t = np.concatenate([[0.0], np.cumsum(np.diff(s) / v_mean)])
     return Trajectory(np.column_stack([xy, yaw, v, t]), stamp=stamp)
 
 
@@ -272,3 +274,19 @@ def test_hard_braking_request_is_an_emergency():
     first = np.argmax(log["emergency"])
     assert hard.any() and log["t"][np.argmax(hard)] - log["t"][first] < 0.4  # full braking within 0.4 s
     assert_within_limits(log, ctrl.config.limits)
+
+
+def test_a_stop_planned_within_one_point_brakes_fully():
+    """An expert's emergency stop: 8 m/s now, 0 at the next point 1 m on, i.e. -32 m/s^2.
+    A central-difference gradient read at the preview point would see about nothing of it."""
+    from control.controller import plan_acceleration
+
+    x = np.arange(0.0, 30.0, 1.0)
+    v = np.where(x < 0.5, 8.0, 0.0)
+    assert plan_acceleration(x, v, 0.2) == pytest.approx(-32.0)
+    assert plan_acceleration(x, np.full_like(x, 5.0), 3.0) == 0.0
+    ctrl = Controller()
+    traj = Trajectory(np.column_stack([x, np.zeros_like(x), np.zeros_like(x), v, x / 8.0]), stamp=0.0)
+    cmds = [ctrl.step(EgoState(x=0.0, y=0.0, yaw=0.0, v=8.0), traj, 0.05 * k) for k in range(6)]
+    assert all(c.emergency for c in cmds)
+    assert cmds[-1].accel == pytest.approx(-ctrl.config.limits.max_decel_mps2)

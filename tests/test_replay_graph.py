@@ -21,21 +21,21 @@ def localhost_dds(monkeypatch):
 
 
 def test_graph_replay_equals_inprocess_replay(tmp_path):
-    bag = write_drive_bag(tmp_path / "bag", seconds=0.6)
+    bag = write_drive_bag(tmp_path / "bag", seconds=0.4)
     domain = random.Random(os.getpid()).randint(100, 230)
     graph = replay(ReplayOptions(bag=str(bag), out=str(tmp_path / "graph"), model="classical", graph="ros2",
                                  domain_id=domain, node_timeout_s=60.0, progress=False))
     inproc = replay(ReplayOptions(bag=str(bag), out=str(tmp_path / "inproc"), model="classical", progress=False))
     eq = graph["equivalence"]
-    assert eq["frames"] == 3 and eq["same"], eq
-    assert graph["frames"]["processed"] == inproc["frames"]["processed"] == 3
-    assert graph["latency_ms"]["graph_detections_e2e"]["n"] == 3
+    assert eq["frames"] == 4 and eq["same"], eq
+    assert graph["frames"]["processed"] == inproc["frames"]["processed"] == 4
+    assert graph["latency_ms"]["graph_detections_e2e"]["n"] == 4
     # The graph's recorded outputs equal the in-process ones, frame by frame.
     for topic in (topics.DETECTED_OBJECTS, topics.TRACKED_OBJECTS):
         with BagReader(tmp_path / "graph" / "replay.mcap") as a, BagReader(tmp_path / "inproc" / "replay.mcap") as b:
             ours = [v for _, _, v in a.read_values([topic])]
             theirs = [v for _, _, v in b.read_values([topic])]
-        assert len(ours) == len(theirs) == 3
+        assert len(ours) == len(theirs) == 4
         for x, y in zip(ours, theirs):
             same, diff = compare_boxes(x, y)
             assert same and (x.ids == y.ids).all(), (topic, diff)

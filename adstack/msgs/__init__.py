@@ -38,8 +38,12 @@ def typestore(distro: str = "ROS2_JAZZY"):
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
     store = get_typestore(getattr(Stores, distro))
+    definitions = msg_definitions()
+    if len(definitions) < len(PACKAGES):
+        # An install that left out the package data (setup.py package_data must list the .msg files).
+        raise FileNotFoundError(f"Autoware .msg definitions missing under {MSG_ROOT}")
     types = {}
-    for name, text in msg_definitions().items():
+    for name, text in definitions.items():
         types.update(get_types_from_msg(text, name))
     store.register(types)
     return store

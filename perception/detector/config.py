@@ -58,9 +58,9 @@ class DecodeConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 20
+    epochs: int = 12
     batch_size: int = 4
-    learning_rate: float = 2e-3
+    learning_rate: float = 3e-3
     weight_decay: float = 0.01
     grad_clip: float = 10.0
     num_workers: int = 0
