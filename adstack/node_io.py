@@ -113,3 +113,15 @@ class StampGuard:
 
     def reset(self) -> None:
         self.last = None
+
+
+GRID_EPS = 1e-6  # stamps are sums of float ticks: 0.30000000000000004 is on the 0.1 s grid
+
+
+def new_period(stamp: float, last: float, period_s: float) -> bool:
+    """True when ``stamp`` falls into a later period of the sensor-time grid (0, period, 2 period, ...)
+    than ``last``. On the grid, not relative to the last plan, so the cycles stay where the lockstep
+    simulator publishes objects (and where the in-process loop plans) even after a missed message."""
+    if last == -np.inf:
+        return True
+    return np.floor(stamp / period_s + GRID_EPS) > np.floor(last / period_s + GRID_EPS)

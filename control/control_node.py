@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from adstack.node import (Diagnostics, StageTimer, StalenessWatchdog, declare_params, now_s, param_file, reliable_qos,
                           run_node, sensor_qos)
-from adstack.node_io import MAX_TRAJECTORY_POINTS, StampGuard, check_ego, check_sequence_length, check_trajectory, msg_class
+from adstack.node_io import MAX_TRAJECTORY_POINTS, StampGuard, new_period, check_ego, check_sequence_length, check_trajectory, msg_class
 from adstack.types import Command, EgoState
 from control import Controller, ControllerConfig
 
@@ -102,8 +104,8 @@ class ControlNode(Node):
             self.pending = None
         period = self.node_params["sync_trajectory_period_s"]
         if period > 0:
-            last = -float("inf") if self.trajectory is None else self.trajectory.stamp
-            if ego.stamp - last >= period - STAMP_EPS_S:  # the planner owes a trajectory for this state
+            last = -np.inf if self.trajectory is None else self.trajectory.stamp
+            if new_period(ego.stamp, last, period):  # the planner owes a trajectory for this state
                 self.pending = (ego, time.monotonic() + self.node_params["sync_timeout_s"])
                 return
         self.control(ego)

@@ -8,10 +8,14 @@ points and fills as many pillars as a dense urban scan does.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import numpy as np
+
+# Passive OpenMP waiting before torch loads (see perception/detector/__init__.py for the measurement).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Reference voxel configurations, from the published configs (OpenPCDet tools/cfgs):
 # PointPillars KITTI (pointpillar.yaml), CenterPoint-pillar nuScenes (cbgs_pp_centerpoint...),

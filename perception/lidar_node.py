@@ -30,6 +30,9 @@ class LidarNodeConfig:
     max_points: int = 1_000_000  # more than this is garbage, not a sweep
     max_pose_age_s: float = 0.2  # a cloud with no kinematic state this close in time is dropped
     diagnostics_period_s: float = 1.0
+    # true: subscribe to clouds reliably (bag replay, tests: every cloud, however big, arrives; a
+    # best-effort sensor driver does not match it). false: best effort, as sensor data goes.
+    reliable_input: bool = False
 
 
 class LidarDetectionNode(Node):
@@ -48,7 +51,8 @@ class LidarDetectionNode(Node):
             self.perception = LidarPerception(make_detector(p.model), (p.mount_x_m, p.mount_y_m, p.mount_z_m,
                                                                       p.mount_yaw_rad), track=False)
         self.pub = self.create_publisher(msg_class("DetectedObjects"), "output/objects", reliable_qos())
-        self.create_subscription(msg_class("PointCloud2"), "input/pointcloud", self.on_cloud, sensor_qos())
+        cloud_qos = reliable_qos() if self.params.reliable_input else sensor_qos()
+        self.create_subscription(msg_class("PointCloud2"), "input/pointcloud", self.on_cloud, cloud_qos)
         self.create_subscription(msg_class("Odometry"), "input/kinematic_state", self.on_odometry, sensor_qos())
 
     def on_odometry(self, msg) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from adstack.types import Boxes, EgoState, TrafficLight, Trajectory
+from adstack.types import Boxes, EgoState, ObjectClass, TrafficLight, Trajectory
 from planning.actors import KIND_ADJACENT, KIND_CROSSING, KIND_LEADER, KIND_STANDING, actor_obstacles
 from planning.expert_config import ExpertConfig
 from planning.lane_change import LaneChanges
@@ -103,6 +103,7 @@ class Expert:
         obstacles = actor_obstacles(actors, route, window, ego_xy, s_front, rear, arrival_time, cfg, relaxed, v)
         if not relaxed:  # in deadlock mode creep towards the conflict instead
             self._wait_at_junction_entry(obstacles, s_front)
+        self._stop_off_crossings(obstacles, s_front)
         n_stop = len(stop_s)
         s_obs = np.concatenate([np.asarray(stop_s), obstacles.s])
         v_obs = np.concatenate([np.zeros(n_stop), obstacles.speed])
@@ -146,6 +147,19 @@ class Expert:
         return traj
 
     # ------------------------------------------------------------------ helpers
+    def _stop_off_crossings(self, obstacles, s_front: float) -> None:
+        """A stop for a pedestrian must not leave the bumper on a crossing, where the next
+        pedestrian would walk into the standing car: stop before the crossing band instead."""
+        bands = self.route.crossing_bands
+        if len(obstacles.s) == 0 or len(bands) == 0:
+            return
+        peds = np.flatnonzero((obstacles.label == int(ObjectClass.PEDESTRIAN)) & (obstacles.kind != KIND_LEADER))
+        for k in peds:
+            stop_front = obstacles.s[k] - obstacles.min_gap[k]
+            inside = (bands[:, 0] < stop_front) & (stop_front < bands[:, 1]) & (s_front < bands[:, 0])
+            if inside.any():
+                obstacles.s[k] = bands[inside, 0].min() - 0.5 + obstacles.min_gap[k]
+
     def _wait_at_junction_entry(self, obstacles, s_front: float) -> None:
         """Yield before a junction, not inside it: a crossing or standing actor whose conflict point
         lies in a junction the ego has not entered yet is waited for at the junction's entrance."""

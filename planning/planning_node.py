@@ -26,7 +26,7 @@ import numpy as np
 from adstack import topics
 from adstack.node import (Diagnostics, StageTimer, StalenessWatchdog, declare_params, latched_qos, now_s, param_file,
                           reliable_qos, run_node, sensor_qos)
-from adstack.node_io import MAX_OBJECTS, StampGuard, check_ego, check_sequence_length, clean_boxes, msg_class
+from adstack.node_io import MAX_OBJECTS, StampGuard, new_period, check_ego, check_sequence_length, clean_boxes, msg_class
 from adstack.types import Boxes, EgoState, TrafficLight
 from planning.safety import SafetyConfig, SafetyLayer
 
@@ -182,7 +182,7 @@ class PlanningNode(Node):
         self.last_ego = ego
         self.watchdog.feed("kinematic_state", now_s(self))
         self.stopped_for_silence = False
-        if ego.stamp - self.last_plan_stamp < 1.0 / self.params.planner_hz - STAMP_EPS_S:
+        if not new_period(ego.stamp, self.last_plan_stamp, 1.0 / self.params.planner_hz):
             return
         self.last_plan_stamp = ego.stamp
         if self.pending is not None:  # superseded: plan it with what there is

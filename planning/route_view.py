@@ -55,6 +55,12 @@ class RouteView:
         owner = np.searchsorted(run_start, np.arange(len(self.s)), side="right") - 1
         self.junction_entry_s = np.where(self.is_junction & (owner >= 0), self.s[run_start[np.maximum(owner, 0)]]
                                          if len(run_start) else np.nan, np.nan)
+        run_end = np.flatnonzero(self.is_junction & ~np.concatenate([self.is_junction[1:], [False]]))
+        # Where pedestrians cross: SUMO (netconvert --crossings.guess) puts crossings at the rim of
+        # each junction, where the route enters and leaves it; the map has no crosswalks of its own.
+        band = config.actors.crossing_band_m
+        self.crossing_bands = np.array([(s0 - 1.0, s0 + band) for s0 in self.s[run_start]]
+                                       + [(s1 - band, s1 + 1.0) for s1 in self.s[run_end]]).reshape(-1, 2)
 
         sp = config.speed
         self.curvature = self._curvature(sp.curvature_window_m)

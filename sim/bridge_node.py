@@ -28,6 +28,9 @@ except ImportError:
     Node = object
 
 
+FIRST_STATE_REPEAT_S = 3.0
+
+
 @dataclass
 class BridgeConfig:
     routes: str = ""
@@ -170,6 +173,12 @@ class SimBridgeNode(Node):
             return
         limit = self.params.first_command_timeout_s if self.first else self.params.command_timeout_s
         if self.pending is None:
+            if self.first and time.monotonic() - self.first_published_at > FIRST_STATE_REPEAT_S:
+                # A node that had not matched yet lost the first state: say it again (the nodes that
+                # did get it drop the repeat as a duplicate stamp).
+                self.diag.problem("first_state_repeated", "no command for the first state yet: publishing it again")
+                self.publish_state()
+                self.first_published_at = time.monotonic()
             if time.monotonic() - self.waiting_since < limit:
                 return
             self.late_commands += 1

@@ -28,6 +28,8 @@ transcendental functions: Box-Muller per ray cost 0.95 ms of a 1.5 ms frame.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +85,10 @@ class LidarConfig:
     reflectivity_building: float = 0.35
     reflectivity_retroreflective: float = 0.95
     frame_id: str = "lidar"
+    # Threads that cast one share of the columns each (1: all on the calling thread). The kernels
+    # release the GIL, so a second thread casts while the caller's Python (e.g. SUMO's step) runs;
+    # results are the same for any number of threads.
+    cast_threads: int = 2
 
     def __post_init__(self):
         def need(ok: bool, message: str):
@@ -101,6 +107,7 @@ class LidarConfig:
             need(bool(np.all(np.abs(elevations) <= 89.0)), "channel_elevations_deg must lie in [-89, 89]")
             self.channel_elevations_deg = tuple(float(e) for e in elevations)
         need(0.0 <= self.range_min_m < self.range_max_m, "range must satisfy 0 <= range_min_m < range_max_m")
+        need(1 <= self.cast_threads <= 16, f"cast_threads must be in [1, 16], got {self.cast_threads}")
         need(self.rate_hz > 0.0, f"rate_hz must be positive, got {self.rate_hz}")
         need(self.range_noise_sigma_m >= 0.0, "range_noise_sigma_m must be >= 0")
         need(0.0 <= self.dropout_probability < 1.0, "dropout_probability must be in [0, 1)")
@@ -160,7 +167,7 @@ POST_MAX_FOOTPRINT_M = 0.6
 POST_MIN_HEIGHT_M = 1.5
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=False, nogil=True)
 def _scenery_material_one(length, width, height):
     if min(length, width) <= SIGN_PLATE_MAX_THICKNESS_M:
         return MAT_RETRO
@@ -198,7 +205,7 @@ SHAPE_PARTS = np.array([
 ], dtype=np.float64)
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=False, nogil=True)
 def _expand_boxes(center, size, yaw, label, ids, as_scenery, parts, origin, range_max):
     """Primitive boxes (centre, half size, yaw, material, label, actor id) of the boxes that can come
     within ``range_max`` of ``origin``. Actors get their class's parts from ``parts``; scenery (and
@@ -276,7 +283,7 @@ def box_primitives(boxes: Boxes, as_scenery: bool, origin=(0.0, 0.0, 0.0), range
 _U64_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=False, nogil=True)
 def _splitmix64(x):
     z = x + np.uint64(0x9E3779B97F4A7C15)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -284,7 +291,7 @@ def _splitmix64(x):
     return z ^ (z >> np.uint64(31))
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=False, nogil=True)
 def _column_lists(prim_center, prim_half, prim_cos_yaw, prim_sin_yaw, origin, rot_world_to_sensor,
                   columns, start_col, end_col, range_max, elevation):
     """CSR lists (offsets over local columns, primitive indices nearest first) of the primitives each
@@ -397,15 +404,17 @@ def _column_lists(prim_center, prim_half, prim_cos_yaw, prim_sin_yaw, origin, ro
     return offsets, indices, min_dist, ch_lo, ch_hi
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=False, nogil=True)
 def _cast(origin, rot_sensor_to_world, cos_el, sin_el, cos_az, sin_az, start_col, end_col,
           offsets, indices, prim_min_dist, prim_ch_lo, prim_ch_hi,
-          prim_center, prim_half, prim_cos_yaw, prim_sin_yaw, prim_material,
-          ground_z, ground_slope_x, ground_slope_y, range_min, range_max,
+          prim_center, prim_half, prim_cos_yaw, prim_sin_yaw, prim_material, prim_label, prim_actor,
+          ground_label, ground_z, ground_slope_x, ground_slope_y, range_min, range_max,
           noise_sigma, gauss_table, dropout, key, attenuation, reflectivity,
-          out_range, out_intensity, out_prim):
-    """Nearest hit per ray of columns [start_col, end_col): range (-1: no return), intensity, primitive
-    index (-1: ground). Arrays are (local column, channel)."""
+          out_range, out_intensity, out_label, out_actor):
+    """Nearest hit per ray of columns [start_col, end_col): range (-1: no return), intensity, label and
+    actor id of what it hit. The output arrays are (column, channel) over the whole revolution and
+    only these columns are written, so casts of disjoint column ranges can run in parallel.
+    ``offsets`` are over the local columns (``_column_lists`` of the same range)."""
     n_channels = cos_el.shape[0]
     r = rot_sensor_to_world
     ox, oy, oz = origin[0], origin[1], origin[2]
@@ -474,9 +483,14 @@ def _cast(origin, rot_sensor_to_world, cos_el, sin_el, cos_az, sin_az, start_col
                     best = t_near
                     best_cos = near_cos
                     best_prim = p
-            out_range[local, ch] = -1.0
-            out_prim[local, ch] = best_prim
-            out_intensity[local, ch] = 0.0
+            out_range[col, ch] = -1.0
+            out_intensity[col, ch] = 0.0
+            if best_prim >= 0:
+                out_label[col, ch] = prim_label[best_prim]
+                out_actor[col, ch] = prim_actor[best_prim]
+            else:
+                out_label[col, ch] = ground_label
+                out_actor[col, ch] = -1
             # beams ending closer than range_min are lost, but they were blocked all the same
             if best_prim == -2 or best > range_max or best < range_min:
                 continue
@@ -490,50 +504,59 @@ def _cast(origin, rot_sensor_to_world, cos_el, sin_el, cos_az, sin_az, start_col
             material = 0 if best_prim == -1 else prim_material[best_prim]
             cos_term = 1.0 if material == retro else best_cos
             intensity = reflectivity[material] * cos_term * math.exp(-attenuation * rng)
-            out_range[local, ch] = rng
-            out_intensity[local, ch] = min(1.0, max(0.0, intensity))
+            out_range[col, ch] = rng
+            out_intensity[col, ch] = min(1.0, max(0.0, intensity))
 
 
-@njit(cache=True, fastmath=False)
-def _compact(out_range, out_intensity, out_prim, start_col, cos_el, sin_el, cos_az, sin_az,
-             prim_label, prim_actor, ground_label):
-    """Points (N,4) x, y, z, intensity in the sensor frame, labels and actor ids of the returns."""
-    n_local, n_channels = out_range.shape
+@njit(cache=True, fastmath=False, nogil=True)
+def _compact(out_range, out_intensity, out_label, out_actor, start_col, end_col, cos_el, sin_el, cos_az, sin_az):
+    """Points (N,4) x, y, z, intensity in the sensor frame, labels and actor ids of the returns of
+    columns [start_col, end_col), column by column."""
+    n_channels = out_range.shape[1]
     n = 0
-    for local in range(n_local):
+    for col in range(start_col, end_col):
         for ch in range(n_channels):
-            if out_range[local, ch] >= 0.0:
+            if out_range[col, ch] >= 0.0:
                 n += 1
     points = np.empty((n, 4), np.float32)
     labels = np.empty(n, np.int32)
     actors = np.empty(n, np.int64)
     i = 0
-    for local in range(n_local):
-        col = start_col + local
+    for col in range(start_col, end_col):
         for ch in range(n_channels):
-            rng = out_range[local, ch]
+            rng = out_range[col, ch]
             if rng < 0.0:
                 continue
             points[i, 0] = rng * cos_el[ch] * cos_az[col]
             points[i, 1] = rng * cos_el[ch] * sin_az[col]
             points[i, 2] = rng * sin_el[ch]
-            points[i, 3] = out_intensity[local, ch]
-            p = out_prim[local, ch]
-            if p < 0:
-                labels[i] = ground_label
-                actors[i] = -1
-            else:
-                labels[i] = prim_label[p]
-                actors[i] = prim_actor[p]
+            points[i, 3] = out_intensity[col, ch]
+            labels[i] = out_label[col, ch]
+            actors[i] = out_actor[col, ch]
             i += 1
     return points, labels, actors
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def _count_returns(out_range, start_col, end_col):
+    n = 0
+    for col in range(start_col, end_col):
+        for ch in range(out_range.shape[1]):
+            if out_range[col, ch] >= 0.0:
+                n += 1
+    return n
 
 
 # ----------------------------------------------------------------------------------------------
 
 class Lidar:
     """Ray-cast lidar. ``scan`` casts a whole revolution at one world state, ``scan_partial`` a range
-    of columns (a spinning sensor's share of one simulation tick; see ``SpinningLidar``)."""
+    of columns (a spinning sensor's share of one simulation tick; see ``SpinningLidar``).
+
+    With ``config.cast_threads > 1`` a cast is split into that many contiguous column ranges, all but
+    the last cast by background threads (the kernels release the GIL). Every ray's result depends
+    only on its own column, the cast's primitives and its key, so the clouds are the same, bit for
+    bit, whatever the number of threads."""
 
     def __init__(self, config: LidarConfig | None = None, seed: int = 0, warm_up: bool = True):
         self.config = config or LidarConfig()
@@ -548,12 +571,14 @@ class Lidar:
         self._reflectivity = cfg.reflectivity_table()
         # 2^16 standard-normal samples drawn once from the seeded generator; each ray picks one by hash
         self._gauss_table = self.rng.standard_normal(GAUSS_TABLE_SIZE)
-        self._ray_range = np.empty((cfg.columns, cfg.channels), np.float32)
-        self._ray_intensity = np.empty((cfg.columns, cfg.channels), np.float32)
-        self._ray_prim = np.empty((cfg.columns, cfg.channels), np.int32)
+        # per-ray scratch reused between casts: fresh 1 MB arrays each frame cost page faults
+        self._buffers = ray_buffers(cfg)
+        self._pool = None
+        self._pool_pid = None
         if warm_up:  # compile (or load the cached kernels) now, not inside the first tick
             Lidar(cfg, seed=0, warm_up=False).scan_partial(0, 1, (0, 0, 1.8, 0, 0, 0), Boxes(
                 center=[[5.0, 0.0, 1.0]], size=[[4.0, 2.0, 1.5]], yaw=[0.0], label=[1]), None, 0.0)
+            _count_returns(self._buffers[0], 0, 0)
 
     def sensor_pose(self, ego: EgoState) -> tuple[float, float, float, float, float, float]:
         """World pose of this sensor on ``ego`` (its mounting pose composed with the ego pose)."""
@@ -580,6 +605,18 @@ class Lidar:
         cfg = self.config
         if not (0 <= start_col <= end_col <= cfg.columns):
             raise ValueError(f"columns [{start_col}, {end_col}) outside [0, {cfg.columns}]")
+        job = self._prepare(sensor_pose_world, actors, scenery, ground_z, ground_slope)
+        self._cast_split(job, start_col, end_col, self._buffers)
+        points, labels, actor_ids = _compact(*self._buffers, start_col, end_col, self._cos_el, self._sin_el,
+                                             self._cos_az, self._sin_az)
+        return PointCloud(points, frame_id=cfg.frame_id, stamp=float(stamp), labels=labels, actor_ids=actor_ids)
+
+    # --- the steps of a cast (SpinningLidar runs them on different threads) -----------------------
+
+    def _prepare(self, sensor_pose_world, actors, scenery, ground_z, ground_slope) -> tuple:
+        """Everything a cast needs, on the calling thread: the pose, the primitives (fresh arrays, so
+        the caller may change its boxes afterwards) and the cast's noise key (drawn in call order)."""
+        cfg = self.config
         if isinstance(sensor_pose_world, EgoState):
             if ground_z is None:
                 ground_z = sensor_pose_world.z
@@ -591,7 +628,6 @@ class Lidar:
         ground_z = 0.0 if ground_z is None else float(ground_z)
         origin = pose[:3].copy()
         rot = rotation_rpy(*pose[3:])
-
         parts = [box_primitives(boxes, as_scenery, origin, cfg.range_max_m)
                  for boxes, as_scenery in ((actors, False), (scenery, True)) if boxes is not None and len(boxes)]
         if len(parts) == 1:
@@ -601,25 +637,65 @@ class Lidar:
         else:
             center, half, yaw = np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0)
             material, label, actor_id = np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int64)
-        cos_yaw, sin_yaw = np.cos(yaw), np.sin(yaw)
-
-        offsets, indices, min_dist, ch_lo, ch_hi = _column_lists(
-            center, half, cos_yaw, sin_yaw, origin, np.ascontiguousarray(rot.T), cfg.columns, start_col, end_col,
-            cfg.range_max_m, self.elevation_rad)
-        n_local = end_col - start_col
-        # per-ray scratch reused between casts: fresh 0.5 MB arrays each frame cost page faults
-        out_range = self._ray_range[:n_local]
-        out_intensity = self._ray_intensity[:n_local]
-        out_prim = self._ray_prim[:n_local]
         key = np.uint64(self.rng.integers(0, 2**63, dtype=np.int64))
+        return (origin, rot, np.ascontiguousarray(rot.T), center, half, np.cos(yaw), np.sin(yaw), material, label,
+                actor_id, ground_z, float(ground_slope[0]), float(ground_slope[1]), key)
+
+    def _cast_columns(self, job: tuple, start_col: int, end_col: int, buffers: tuple) -> None:
+        """Cast columns [start_col, end_col) of a prepared job into ``buffers``; the kernels release
+        the GIL, so this runs in parallel with Python on other threads."""
+        cfg = self.config
+        origin, rot, rot_t, center, half, cos_yaw, sin_yaw, material, label, actor_id, ground_z, slope_x, slope_y, key = job
+        offsets, indices, min_dist, ch_lo, ch_hi = _column_lists(
+            center, half, cos_yaw, sin_yaw, origin, rot_t, cfg.columns, start_col, end_col,
+            cfg.range_max_m, self.elevation_rad)
+        out_range, out_intensity, out_label, out_actor = buffers
         _cast(origin, rot, self._cos_el, self._sin_el, self._cos_az, self._sin_az, start_col, end_col,
-              offsets, indices, min_dist, ch_lo, ch_hi, center, half, cos_yaw, sin_yaw, material,
-              ground_z, float(ground_slope[0]), float(ground_slope[1]), cfg.range_min_m, cfg.range_max_m,
+              offsets, indices, min_dist, ch_lo, ch_hi, center, half, cos_yaw, sin_yaw, material, label, actor_id,
+              GROUND_LABEL, ground_z, slope_x, slope_y, cfg.range_min_m, cfg.range_max_m,
               cfg.range_noise_sigma_m, self._gauss_table, cfg.dropout_probability, key,
-              cfg.intensity_attenuation_per_m, self._reflectivity, out_range, out_intensity, out_prim)
-        points, labels, actor_ids = _compact(out_range, out_intensity, out_prim, start_col, self._cos_el,
-                                             self._sin_el, self._cos_az, self._sin_az, label, actor_id, GROUND_LABEL)
-        return PointCloud(points, frame_id=cfg.frame_id, stamp=float(stamp), labels=labels, actor_ids=actor_ids)
+              cfg.intensity_attenuation_per_m, self._reflectivity, out_range, out_intensity, out_label, out_actor)
+
+    def _cast_split(self, job: tuple, start_col: int, end_col: int, buffers: tuple) -> None:
+        """``_cast_columns``, split over ``cast_threads`` threads (this one casts the last share)."""
+        threads = min(self.config.cast_threads, (end_col - start_col) // MIN_COLUMNS_PER_THREAD)
+        if threads <= 1:
+            self._cast_columns(job, start_col, end_col, buffers)
+            return
+        bounds = [start_col + (end_col - start_col) * k // threads for k in range(threads + 1)]
+        pool = self.worker_pool()
+        futures = [pool.submit(self._cast_columns, job, bounds[k], bounds[k + 1], buffers) for k in range(threads - 1)]
+        try:
+            self._cast_columns(job, bounds[-2], bounds[-1], buffers)
+        finally:
+            for future in futures:
+                future.result()
+
+    def worker_pool(self) -> ThreadPoolExecutor:
+        """The background threads (``cast_threads - 1``, at least one), started on first use."""
+        if self._pool is None or self._pool_pid != os.getpid():  # a forked child has no threads
+            self._pool = ThreadPoolExecutor(max(1, self.config.cast_threads - 1), thread_name_prefix="lidar-cast")
+            self._pool_pid = os.getpid()
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the background threads (they also stop when the Lidar is garbage collected)."""
+        if self._pool is not None and self._pool_pid == os.getpid():
+            self._pool.shutdown(wait=True)
+        self._pool = None
+
+
+# Fewer columns than this per thread are cast on the calling thread: handing work to another
+# thread costs tens of microseconds, 32 columns of 64 beams about as much.
+MIN_COLUMNS_PER_THREAD = 32
+
+
+def ray_buffers(config: LidarConfig) -> tuple:
+    """Per-ray outputs over a whole revolution, (column, channel): range (-1: no return),
+    intensity, label, actor id."""
+    shape = (config.columns, config.channels)
+    return (np.empty(shape, np.float32), np.empty(shape, np.float32), np.empty(shape, np.int32),
+            np.empty(shape, np.int64))
 
 
 class SpinningLidar:
@@ -634,6 +710,12 @@ class SpinningLidar:
     sensor reports it. With ``motion_compensate=True`` the earlier ticks' points are moved into the
     sensor frame of the completing tick (what a driver's deskewing with odometry does), so the
     static world lines up in one frame; moving actors still show where they were when swept.
+
+    Threads (``config.cast_threads > 1``): a tick that does not complete a revolution only prepares
+    its cast (pose, primitives, noise key: everything taken from that tick's world state) and hands
+    it to a background thread, which casts while the caller steps the simulation to the next tick;
+    the completing tick waits for it. Each column still sees the world state of the tick it belongs
+    to, and the frames are identical, bit for bit, to a single-threaded run.
     """
 
     def __init__(self, lidar: Lidar, tick_s: float = 0.05, motion_compensate: bool = False):
@@ -644,55 +726,79 @@ class SpinningLidar:
         self.tick_s = float(tick_s)
         self.motion_compensate = bool(motion_compensate)
         self._cols_per_tick = cols_per_tick
+        self._buffers = ray_buffers(lidar.config)  # the revolution being swept
         self._ticks = 0
         self._done = 0  # columns cast in total
-        self._pending: list[tuple[PointCloud, tuple]] = []  # (part, sensor pose it was cast from)
+        self._parts: list[tuple[int, int, tuple]] = []  # (start, end, sensor pose) of this revolution
+        self._in_flight: list = []  # background casts of this revolution
 
     def reset(self) -> None:
+        self._wait()
         self._ticks = 0
         self._done = 0
-        self._pending = []
+        self._parts = []
+
+    def close(self) -> None:
+        """Wait for background casts; the Lidar's threads stay (``Lidar.close`` stops them)."""
+        self._wait()
+
+    def _wait(self) -> None:
+        in_flight, self._in_flight = self._in_flight, []
+        for future in in_flight:
+            future.result()
 
     def tick(self, stamp: float, sensor_pose_world, actors: Boxes | None = None, scenery: Boxes | None = None,
              ground_z: float | None = None, ground_slope=(0.0, 0.0)) -> PointCloud | None:
         """Advance one tick. ``sensor_pose_world`` as in ``Lidar.scan_partial`` (a 6-tuple or an EgoState)."""
+        lidar = self.lidar
         if isinstance(sensor_pose_world, EgoState):
             if ground_z is None:
                 ground_z = sensor_pose_world.z
-            sensor_pose_world = self.lidar.sensor_pose(sensor_pose_world)
+            sensor_pose_world = lidar.sensor_pose(sensor_pose_world)
         pose = tuple(float(v) for v in sensor_pose_world)
-        columns = self.lidar.config.columns
+        columns = lidar.config.columns
         self._ticks += 1
         target = int(math.floor(self._ticks * self._cols_per_tick + 1e-6))
         frame = None
         while self._done < target:
             start = self._done % columns
             end = min(columns, start + (target - self._done))
-            part = self.lidar.scan_partial(start, end, pose, actors, scenery, ground_z, stamp=stamp,
-                                           ground_slope=ground_slope)
-            self._pending.append((part, pose))
+            job = lidar._prepare(pose, actors, scenery, ground_z, ground_slope)
+            self._parts.append((start, end, pose))
             self._done += end - start
             if end == columns:
+                if all(future.done() for future in self._in_flight):
+                    lidar._cast_split(job, start, end, self._buffers)
+                else:  # the background thread is still busy with an earlier share: cast here
+                    lidar._cast_columns(job, start, end, self._buffers)
+                self._wait()
                 frame = self._assemble(stamp, pose)
+            elif lidar.config.cast_threads > 1:
+                self._in_flight.append(lidar.worker_pool().submit(lidar._cast_columns, job, start, end,
+                                                                  self._buffers))
+            else:
+                lidar._cast_columns(job, start, end, self._buffers)
         return frame
 
     def _assemble(self, stamp: float, final_pose: tuple) -> PointCloud:
-        pending, self._pending = self._pending, []
-        points = []
-        rot_final = rotation_rpy(*final_pose[3:])
-        for part, pose in pending:
-            if self.motion_compensate and pose != final_pose:
-                # sensor frame of the part -> world -> sensor frame of the completing tick
-                rot = rot_final.T @ rotation_rpy(*pose[3:])
-                shift = rot_final.T @ (np.asarray(pose[:3]) - np.asarray(final_pose[:3]))
-                moved = part.points.copy()
-                moved[:, :3] = (part.points[:, :3].astype(np.float64) @ rot.T + shift).astype(np.float32)
-                points.append(moved)
-            else:
-                points.append(part.points)
-        return PointCloud(np.concatenate(points), frame_id=self.lidar.config.frame_id, stamp=float(stamp),
-                          labels=np.concatenate([p.labels for p, _ in pending]),
-                          actor_ids=np.concatenate([p.actor_ids for p, _ in pending]))
+        parts, self._parts = self._parts, []
+        lidar = self.lidar
+        points, labels, actor_ids = _compact(*self._buffers, parts[0][0], parts[-1][1], lidar._cos_el,
+                                             lidar._sin_el, lidar._cos_az, lidar._sin_az)
+        if self.motion_compensate:
+            rot_final = rotation_rpy(*final_pose[3:])
+            first = 0
+            for start, end, pose in parts:
+                last = first + _count_returns(self._buffers[0], start, end)
+                if pose != final_pose:
+                    # sensor frame of the part -> world -> sensor frame of the completing tick
+                    rot = rot_final.T @ rotation_rpy(*pose[3:])
+                    shift = rot_final.T @ (np.asarray(pose[:3]) - np.asarray(final_pose[:3]))
+                    part = points[first:last]
+                    part[:, :3] = (part[:, :3].astype(np.float64) @ rot.T + shift).astype(np.float32)
+                first = last
+        return PointCloud(points, frame_id=lidar.config.frame_id, stamp=float(stamp), labels=labels,
+                          actor_ids=actor_ids)
 
 
 def load_lidar_config(path: str | Path = DEFAULT_PARAMS) -> LidarConfig:

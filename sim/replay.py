@@ -332,6 +332,38 @@ class InProcessStack:
 # The stack as the ROS 2 graph
 
 
+# Fast DDS shares same-host samples through shared-memory segments of 512 KB by default; a best-effort
+# sample larger than that (a 60k-point labelled cloud is 1.5 MB) is then mostly lost between processes
+# (measured here: 0-3 of 20 100k-point clouds arrived at sensor QoS; 20 of 20 with this profile).
+# UDP, for discovery, stays on the loopback interface.
+FASTDDS_LARGE_DATA_PROFILE = """<?xml version="1.0" encoding="UTF-8" ?>
+<profiles xmlns="http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles">
+  <transport_descriptors>
+    <transport_descriptor>
+      <transport_id>adstack_shm</transport_id>
+      <type>SHM</type>
+      <segment_size>33554432</segment_size>
+    </transport_descriptor>
+    <transport_descriptor>
+      <transport_id>adstack_udp</transport_id>
+      <type>UDPv4</type>
+      <interfaceWhiteList><address>127.0.0.1</address></interfaceWhiteList>
+    </transport_descriptor>
+  </transport_descriptors>
+  <participant profile_name="adstack_large_data" is_default_profile="true">
+    <rtps>
+      <userTransports>
+        <transport_id>adstack_shm</transport_id>
+        <transport_id>adstack_udp</transport_id>
+      </userTransports>
+      <useBuiltinTransports>false</useBuiltinTransports>
+    </rtps>
+  </participant>
+</profiles>
+"""
+PROFILE_ENV = "FASTRTPS_DEFAULT_PROFILES_FILE"
+
+
 class GraphStack:
     """The ``lidar_detector`` and ``tracker`` nodes of launch/graph.yaml as separate processes, fed
     in lockstep over DDS: publish the odometry up to the cloud's stamp + ``max_pose_age_s`` and the
@@ -368,6 +400,11 @@ class GraphStack:
         env = dict(os.environ)
         env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
         env["ROS_DOMAIN_ID"] = str(self.domain_id)
+        self.profile = None
+        if PROFILE_ENV not in os.environ:   # the user's own Fast DDS profile wins
+            self.profile = log_dir / "fastdds_large_data.xml"
+            self.profile.write_text(FASTDDS_LARGE_DATA_PROFILE)
+            env[PROFILE_ENV] = str(self.profile.resolve())
         params = {"lidar_detector": {"model": str(Path(model).resolve()) if Path(model).is_dir() else model}}
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen] = {}
@@ -390,11 +427,22 @@ class GraphStack:
         from adstack.node import reliable_qos
         from adstack.node_io import msg_class
 
-        # Fast DDS reads the discovery range from the environment of this process too.
+        # Fast DDS reads both from this process's environment when it creates the first participant
+        # (so the profile applies only if this process has not used ROS 2 before).
+        saved = {k: os.environ.get(k) for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", PROFILE_ENV)}
         os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=self.domain_id)
-        self.node = rclpy.create_node("adstack_replay_player", context=self.context)
+        if self.profile is not None:
+            os.environ[PROFILE_ENV] = str(self.profile.resolve())
+        try:
+            self.context = rclpy.Context()
+            rclpy.init(context=self.context, domain_id=self.domain_id)
+            self.node = rclpy.create_node("adstack_replay_player", context=self.context)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         det_remap = self.specs["lidar_detector"].remappings
@@ -502,12 +550,14 @@ class GraphStack:
     def close(self) -> None:
         from adstack.launch_runner import stop_all
 
-        node = getattr(self, "node", None)
+        executor, node, context = (getattr(self, k, None) for k in ("executor", "node", "context"))
+        if executor is not None:
+            executor.shutdown()
         if node is not None:
-            self.executor.shutdown()
             node.destroy_node()
-            self.node = None
-            self.context.try_shutdown()
+        if context is not None:
+            context.try_shutdown()
+        self.executor = self.node = self.context = None
         stop_all(self.procs)
 
 

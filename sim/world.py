@@ -198,6 +198,9 @@ class World:
         self.traffic.signals_changed()
 
     def close(self) -> None:
+        if self.lidar is not None:
+            self.lidar.close()  # background casts finish
+            self.lidar.lidar.close()  # and its threads stop
         self.traffic.close()
 
     def __enter__(self):

@@ -223,6 +223,7 @@ def test_trajectory_driven_past_is_a_stop():
 
 def test_params_file_loads_and_rejects_bad_values(tmp_path):
     cfg = ControllerConfig.load(DEFAULT_PARAMS)
+    assert cfg == ControllerConfig()  # the shipped file states the defaults
     assert cfg.limits.wheelbase_m == VehicleLimits().wheelbase_m and cfg.lateral.method in ("pure_pursuit", "stanley")
     bad = tmp_path / "bad.param.yaml"
     bad.write_text("controller:\n  ros__parameters:\n    lateral:\n      method: mpcc\n")

@@ -118,6 +118,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: DetectorConfig, dev
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     log(f"training on {device_}: {len(train_set)} frames, {t.epochs} epochs, batch {t.batch_size}, "
         f"{count_parameters(network) / 1e6:.2f} M parameters")
+    out_dir = Path(out_dir)
     history, started = [], time.perf_counter()
     metrics: dict = {"epochs": [], "val": None}
     for epoch in range(t.epochs):
@@ -147,12 +148,12 @@ def train(data_dir: str | Path, out_dir: str | Path, config: DetectorConfig, dev
         metrics["epochs"].append(entry)
         log(f"epoch {epoch + 1}/{t.epochs}: loss {entry['loss']:.4f} (heatmap {entry['heatmap']:.4f}, "
             f"box {entry['box']:.4f}), {entry['seconds']:.0f} s")
+        save_model(out_dir, network, config)  # an interrupted run keeps its last complete epoch
         if val_set is not None and t.val_every and (epoch + 1) % t.val_every == 0 and epoch + 1 < t.epochs:
             detector = LidarDetector(config, network, device=str(device_), fp16=False)
             entry["val_mAP"] = evaluate_detector(detector, val_set)["mAP"]
             log(f"  val mAP {entry['val_mAP']}")
     network.eval()
-    out_dir = Path(out_dir)
     save_model(out_dir, network, config)
     export_torchscript(network, out_dir / TORCHSCRIPT_FILE)
     metrics.update({"train_frames": len(train_set), "parameters": count_parameters(network),
