@@ -38,8 +38,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sim: wall seconds a node waits for the inputs of its lockstep tick before going on "
                              "with the latest ones (0: no lockstep, nodes run free)")
     parser.add_argument("--out", default="runs/launch", help="output directory (result.json, logs of each node)")
-    parser.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: random 1-200)")
+    parser.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: a random one no other node on this machine uses)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="wall-clock limit (s)")
+
+
+DOMAIN_ID_RANGE = (1, 232)  # valid ROS_DOMAIN_IDs on Linux with the default port mapping
+
+
+def domain_in_use(domain_id: int, listen_s: float = 1.5) -> bool:
+    """Whether any other ROS 2 node on this machine is on ``domain_id`` (listens ``listen_s`` for
+    discovery). Two graphs on one domain hear each other's topics: a parallel run must not share it."""
+    import rclpy
+
+    env_range = os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE")
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    context = rclpy.Context()
+    try:
+        rclpy.init(context=context, domain_id=domain_id)
+        node = rclpy.create_node(f"adstack_domain_probe_{os.getpid()}", context=context,
+                                 enable_rosout=False, start_parameter_services=False)
+        deadline = time.monotonic() + listen_s
+        others = []
+        while time.monotonic() < deadline and not others:
+            time.sleep(0.1)
+            others = [n for n in node.get_node_names() if n != node.get_name()]
+        node.destroy_node()
+        return bool(others)
+    finally:
+        rclpy.try_shutdown(context=context)
+        if env_range is None:
+            os.environ.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
+        else:
+            os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = env_range
+
+
+def free_domain_id(rng: random.Random | None = None, tries: int = 5) -> int:
+    """A random ROS_DOMAIN_ID that no other node on this machine uses (the last try is taken as is)."""
+    rng = rng or random.Random()
+    candidate = rng.randint(*DOMAIN_ID_RANGE)
+    for _ in range(tries - 1):
+        if not domain_in_use(candidate):
+            return candidate
+        candidate = rng.randint(*DOMAIN_ID_RANGE)
+    return candidate
 
 
 def ros_param_value(value) -> str:
@@ -80,8 +121,8 @@ def sim_params(args, common: dict, out: Path) -> dict[str, dict]:
     bridge = {**common, "seed": args.seed, "seconds": float(args.seconds), "out": str(out.resolve()),
               "publish_ground_truth_as_detections": ground_truth,
               "planner": args.planner,
-              # planner, controller and the lidar detector (which subscribes even when disabled)
-              "min_odometry_subscribers": 3}
+              # planner, controller (and the lidar detector when it detects)
+              "min_odometry_subscribers": 2 if ground_truth else 3}
     if args.vehicles is not None:
         bridge["vehicles"] = args.vehicles
     if args.pedestrians is not None:
@@ -92,8 +133,8 @@ def sim_params(args, common: dict, out: Path) -> dict[str, dict]:
     controller = {"odometry_timeout_s": 0.0, "sync_trajectory_period_s": 1.0 / PLANNER_HZ if sync > 0 else 0.0,
                   "sync_timeout_s": sync if sync > 0 else 1.0}
     params = {"sim_bridge": bridge, "map_server": dict(common), "planner": planner, "controller": controller}
-    if ground_truth:
-        params["lidar_detector"] = {"enabled": False}
+    # Ground truth: the detector idles (no subscriptions). Lidar: every cloud, reliably, as in the loop.
+    params["lidar_detector"] = {"enabled": False} if ground_truth else {"reliable_input": True}
     return params
 
 
@@ -116,7 +157,7 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    env["ROS_DOMAIN_ID"] = str(args.domain_id if args.domain_id is not None else random.Random().randint(1, 200))
+    env["ROS_DOMAIN_ID"] = str(args.domain_id if args.domain_id is not None else free_domain_id())
     params: dict[str, dict] = {}
     if args.graph == "sim":
         if not args.routes or not args.route_id:

@@ -125,3 +125,34 @@ def new_period(stamp: float, last: float, period_s: float) -> bool:
     if last == -np.inf:
         return True
     return np.floor(stamp / period_s + GRID_EPS) > np.floor(last / period_s + GRID_EPS)
+
+
+# autoware_perception_msgs/TrafficLightElement constants: colours UNKNOWN..WHITE, shapes UNKNOWN and
+# CIRCLE..CROSS, status UNKNOWN and SOLID_OFF..FLASHING. A value outside them is not a light state.
+LIGHT_COLORS = frozenset(range(0, 5))
+LIGHT_SHAPES = frozenset([0, *range(5, 15)])
+LIGHT_STATUSES = frozenset([0, 15, 16, 17])
+
+
+def check_traffic_signals(msg, topic: str | None = None) -> None:
+    """Every element's colour, shape and status is a defined constant and its confidence in [0, 1]."""
+    for group in msg.traffic_light_groups:
+        for e in group.elements:
+            if int(e.color) not in LIGHT_COLORS or int(e.shape) not in LIGHT_SHAPES or int(e.status) not in LIGHT_STATUSES:
+                raise MalformedMessage("unknown_value", f"light group {group.traffic_light_group_id}: colour {e.color}, "
+                                       f"shape {e.shape}, status {e.status} are not all defined", topic)
+            if not 0.0 <= float(e.confidence) <= 1.0:  # NaN fails too
+                raise MalformedMessage("bad_confidence", f"confidence {e.confidence} outside [0, 1]", topic)
+
+
+class ReceivedCounter:
+    """Messages received per input, shown on /diagnostics as ``received.<input>`` (so a test or an
+    operator can tell a silent input from a rejected one)."""
+
+    def __init__(self, diag):
+        self.diag = diag
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, name: str) -> None:
+        n = self.counts[name] = self.counts.get(name, 0) + 1
+        self.diag.set_value(f"received.{name}", n)

@@ -19,8 +19,9 @@ import time
 import numpy as np
 
 from adstack.node import (Diagnostics, StageTimer, StalenessWatchdog, declare_params, now_s, param_file, reliable_qos,
-                          run_node, sensor_qos)
-from adstack.node_io import MAX_TRAJECTORY_POINTS, StampGuard, new_period, check_ego, check_sequence_length, check_trajectory, msg_class
+                          run_node)
+from adstack.node_io import (MAX_TRAJECTORY_POINTS, ReceivedCounter, StampGuard, check_ego, check_sequence_length,
+                             check_trajectory, msg_class, new_period)
 from adstack.types import Command, EgoState
 from control import Controller, ControllerConfig
 
@@ -46,13 +47,15 @@ class ControlNode(Node):
         self.timer = StageTimer(self)
         self.trajectory = None
         self.odom_order = StampGuard()
+        self.received = ReceivedCounter(self.diag)
         self.last_ego: EgoState | None = None
         self.pending: tuple[EgoState, float] | None = None  # (kinematic state, wall deadline) in sync mode
         self.watchdog = StalenessWatchdog({"kinematic_state": node["odometry_timeout_s"]}, start=now_s(self))
         self.stopped_for_silence = False
         self.pub = self.create_publisher(msg_class("Control"), "output/control_cmd", reliable_qos())
         self.create_subscription(msg_class("Trajectory"), "input/trajectory", self.on_trajectory, reliable_qos())
-        self.create_subscription(msg_class("Odometry"), "input/kinematic_state", self.on_odometry, sensor_qos())
+        # Reliable, as Autoware publishes /localization/kinematic_state: each one triggers a cycle.
+        self.create_subscription(msg_class("Odometry"), "input/kinematic_state", self.on_odometry, reliable_qos())
         if node["odometry_timeout_s"] > 0:
             self.create_timer(min(0.1, node["odometry_timeout_s"] / 2), self.check_silence)
         if node["sync_trajectory_period_s"] > 0:
@@ -60,6 +63,7 @@ class ControlNode(Node):
 
     def on_trajectory(self, msg) -> None:
         from adstack.ros_convert import MalformedMessage, trajectory_from_msg
+        self.received("trajectory")
         topic = "input/trajectory"
         try:
             check_sequence_length(msg, "points", MAX_TRAJECTORY_POINTS, topic)
@@ -82,6 +86,7 @@ class ControlNode(Node):
 
     def on_odometry(self, msg) -> None:
         from adstack.ros_convert import MalformedMessage, ego_from_odometry
+        self.received("kinematic_state")
         try:
             ego = check_ego(ego_from_odometry(msg), "input/kinematic_state")
         except MalformedMessage as exc:

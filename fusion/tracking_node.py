@@ -8,7 +8,7 @@ objects are removed; each kind of problem is logged once and counted on /diagnos
 from __future__ import annotations
 
 from adstack.node import Diagnostics, StageTimer, declare_params, param_file, reliable_qos, run_node
-from adstack.node_io import MAX_OBJECTS, StampGuard, check_sequence_length, clean_boxes, msg_class
+from adstack.node_io import MAX_OBJECTS, ReceivedCounter, StampGuard, check_sequence_length, clean_boxes, msg_class
 from fusion.tracker import MultiObjectTracker, TrackerConfig
 
 try:
@@ -27,11 +27,13 @@ class TrackingNode(Node):
         self.diag = Diagnostics(self, "tracking", period_s=period_s)
         self.timer = StageTimer(self)
         self.order = StampGuard()
+        self.received = ReceivedCounter(self.diag)
         self.pub = self.create_publisher(msg_class("TrackedObjects"), "output/objects", reliable_qos())
         self.create_subscription(msg_class("DetectedObjects"), "input/objects", self.on_objects, reliable_qos())
 
     def on_objects(self, msg) -> None:
         from adstack.ros_convert import MalformedMessage, boxes_from_objects, tracked_objects_to_msg
+        self.received("objects")
         topic = "input/objects"
         try:
             check_sequence_length(msg, "objects", MAX_OBJECTS, topic)

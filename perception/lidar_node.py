@@ -11,12 +11,15 @@ from collections import deque
 from dataclasses import dataclass
 
 from adstack.node import Diagnostics, StageTimer, declare_params, param_file, reliable_qos, run_node, sensor_qos
-from adstack.node_io import StampGuard, check_ego, msg_class
+from adstack.node_io import ReceivedCounter, StampGuard, check_ego, msg_class
 
 try:
     from rclpy.node import Node
 except ImportError:
     Node = object
+
+
+ODOMETRY_QOS_DEPTH = 50  # poses are matched to clouds by stamp: keep a few sweeps' worth
 
 
 @dataclass
@@ -44,6 +47,7 @@ class LidarDetectionNode(Node):
         self.poses = deque(maxlen=100)
         self.cloud_order = StampGuard()
         self.pose_order = StampGuard()
+        self.received = ReceivedCounter(self.diag)
         self.perception = None
         if self.params.enabled:
             from perception.pipeline import LidarPerception, make_detector
@@ -51,12 +55,16 @@ class LidarDetectionNode(Node):
             self.perception = LidarPerception(make_detector(p.model), (p.mount_x_m, p.mount_y_m, p.mount_z_m,
                                                                       p.mount_yaw_rad), track=False)
         self.pub = self.create_publisher(msg_class("DetectedObjects"), "output/objects", reliable_qos())
-        cloud_qos = reliable_qos() if self.params.reliable_input else sensor_qos()
-        self.create_subscription(msg_class("PointCloud2"), "input/pointcloud", self.on_cloud, cloud_qos)
-        self.create_subscription(msg_class("Odometry"), "input/kinematic_state", self.on_odometry, sensor_qos())
+        if self.perception is not None:  # disabled: no subscriptions, so nobody sends it 2 MB clouds
+            cloud_qos = reliable_qos() if self.params.reliable_input else sensor_qos()
+            self.create_subscription(msg_class("PointCloud2"), "input/pointcloud", self.on_cloud, cloud_qos)
+            # Reliable, as Autoware's /localization/kinematic_state: a lost pose costs a whole cloud.
+            self.create_subscription(msg_class("Odometry"), "input/kinematic_state", self.on_odometry,
+                                     reliable_qos(ODOMETRY_QOS_DEPTH))
 
     def on_odometry(self, msg) -> None:
         from adstack.ros_convert import MalformedMessage, ego_from_odometry
+        self.received("kinematic_state")
         try:
             ego = check_ego(ego_from_odometry(msg), "input/kinematic_state")
         except MalformedMessage as exc:
@@ -76,8 +84,7 @@ class LidarDetectionNode(Node):
 
     def on_cloud(self, msg) -> None:
         from adstack.ros_convert import MalformedMessage, decode_pointcloud2, detected_objects_to_msg
-        if self.perception is None:
-            return
+        self.received("pointcloud")
         try:
             cloud, dropped = decode_pointcloud2(msg, max_points=self.params.max_points, allow_empty=True,
                                                 topic="input/pointcloud")

@@ -103,7 +103,8 @@ def actor_obstacles(actors: Boxes | None, route: RouteView, window: slice, ego_x
     if relaxed:  # deadlock: squeeze past vehicles, never closer to pedestrians
         margin = np.where(is_ped, ac.lateral_margin_pedestrian_m, RELAXED_MARGIN_M)
     half_corridor = config.ego.width_m / 2 + extent_across + margin
-    inside = (np.abs(lateral) < half_corridor[:, None]) & ~beyond
+    sweep = route.body_sweep[window][j].reshape(n, -1)  # the body swings out on curves
+    inside = (np.abs(lateral) < half_corridor[:, None] + sweep) & ~beyond
     ahead = along + extent_along[:, None] > s_front
     # Beside or behind the ego body: not ours to brake for (and a rear-ender cannot be braked away).
     not_behind = along + extent_along[:, None] > s_rear + 0.5

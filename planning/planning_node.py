@@ -25,8 +25,9 @@ import numpy as np
 
 from adstack import topics
 from adstack.node import (Diagnostics, StageTimer, StalenessWatchdog, declare_params, latched_qos, now_s, param_file,
-                          reliable_qos, run_node, sensor_qos)
-from adstack.node_io import MAX_OBJECTS, StampGuard, new_period, check_ego, check_sequence_length, clean_boxes, msg_class
+                          reliable_qos, run_node)
+from adstack.node_io import (MAX_OBJECTS, ReceivedCounter, StampGuard, check_ego, check_sequence_length,
+                             check_traffic_signals, clean_boxes, msg_class, new_period)
 from adstack.types import Boxes, EgoState, TrafficLight
 from planning.safety import SafetyConfig, SafetyLayer
 
@@ -87,13 +88,16 @@ class PlanningNode(Node):
         self.pending: tuple[EgoState, float] | None = None  # (kinematic state, wall deadline) in sync mode
         self.odom_order = StampGuard()
         self.objects_order = StampGuard()
+        self.lights_order = StampGuard()
+        self.received = ReceivedCounter(self.diag)
         self.watchdog = StalenessWatchdog({"kinematic_state": p.odometry_timeout_s}, start=now_s(self))
         self.stopped_for_silence = False
         self.pub = self.create_publisher(msg_class("Trajectory"), "output/trajectory", reliable_qos())
         objects_topic = topics.GROUND_TRUTH_OBJECTS if p.use_ground_truth_objects else "input/objects"
         objects_type = "TrackedObjects"
         self.create_subscription(msg_class(objects_type), objects_topic, self.on_objects, reliable_qos())
-        self.create_subscription(msg_class("Odometry"), "input/kinematic_state", self.on_odometry, sensor_qos())
+        # Reliable, as Autoware publishes /localization/kinematic_state: each one triggers a cycle.
+        self.create_subscription(msg_class("Odometry"), "input/kinematic_state", self.on_odometry, reliable_qos())
         self.create_subscription(msg_class("TrafficLightGroupArray"), "input/traffic_signals", self.on_lights, reliable_qos())
         self.create_subscription(msg_class("String"), TRAFFIC_LIGHT_TABLE, self.on_light_table, latched_qos())
         if p.odometry_timeout_s > 0:
@@ -119,6 +123,7 @@ class PlanningNode(Node):
     # ------------------------------------------------------------------ inputs
     def on_objects(self, msg) -> None:
         from adstack.ros_convert import MalformedMessage, boxes_from_objects
+        self.received("objects")
         topic = "input/objects"
         try:
             check_sequence_length(msg, "objects", MAX_OBJECTS, topic)
@@ -142,17 +147,31 @@ class PlanningNode(Node):
         self.try_pending()
 
     def on_lights(self, msg) -> None:
-        from adstack.ros_convert import time_to_sec, traffic_lights_from_msg
+        from adstack.ros_convert import MalformedMessage, time_to_sec, traffic_lights_from_msg
+        self.received("traffic_signals")
+        topic = "input/traffic_signals"
         try:
-            check_sequence_length(msg, "traffic_light_groups", MAX_LIGHT_GROUPS, "input/traffic_signals")
-            self.lights = lights_from_table(self.light_table, traffic_lights_from_msg(msg))
-            self.lights_stamp = time_to_sec(msg.stamp)
+            check_sequence_length(msg, "traffic_light_groups", MAX_LIGHT_GROUPS, topic)
+            check_traffic_signals(msg, topic)
+            lights = lights_from_table(self.light_table, traffic_lights_from_msg(msg))
+            stamp = time_to_sec(msg.stamp)
+        except MalformedMessage as exc:
+            self.diag.problem(f"malformed_traffic_signals.{exc.kind}", str(exc), level=2)
+            return
         except Exception as exc:
             self.diag.problem("malformed_traffic_signals", f"{type(exc).__name__}: {exc}", level=2)
             return
+        order = self.lights_order.check(stamp)
+        if order == "out_of_order_stamp":
+            self.diag.problem("traffic_signals_out_of_order_stamp", "light states older than the last ones: dropped")
+            return
+        if order == "clock_jump_back":
+            self.diag.problem("traffic_signals_clock_jump_back", "light state stamps jumped back: a new run")
+        self.lights, self.lights_stamp = lights, stamp
         self.try_pending()
 
     def on_light_table(self, msg) -> None:
+        self.received("traffic_light_table")
         try:
             table = {str(k): v for k, v in json.loads(msg.data).items()}
             for v in table.values():  # validate now: a bad entry must fail here, not in every cycle
@@ -164,6 +183,7 @@ class PlanningNode(Node):
 
     def on_odometry(self, msg) -> None:
         from adstack.ros_convert import MalformedMessage, ego_from_odometry
+        self.received("kinematic_state")
         try:
             ego = check_ego(ego_from_odometry(msg), "input/kinematic_state")
         except MalformedMessage as exc:
@@ -178,7 +198,7 @@ class PlanningNode(Node):
             return
         if order == "clock_jump_back":
             self.diag.problem("odometry_clock_jump_back", "kinematic state stamps jumped back: a new run")
-            self.last_plan_stamp, self.last_good = -np.inf, None
+            self.last_plan_stamp, self.last_good, self.pending = -np.inf, None, None
         self.last_ego = ego
         self.watchdog.feed("kinematic_state", now_s(self))
         self.stopped_for_silence = False

@@ -69,6 +69,11 @@ class RouteView:
         self.desired_speed = np.minimum(np.minimum(limit * sp.speed_limit_factor, v_curve), sp.max_speed_mps)
         self.speed_envelope = braking_envelope(self.s, self.desired_speed, sp.envelope_decel_mps2)
         self.stop_lines = self._stop_lines(hdmap)  # (s, kind) along the route, from the map
+        # On a curve the body sweeps outside the path the rear axle follows: the front corner runs on
+        # radius sqrt((R + w/2)^2 + front^2). Widen the corridor by that much.
+        radius = 1.0 / np.maximum(np.abs(self.curvature), 1e-3)
+        half_w, front = config.ego.width_m / 2, config.ego.rear_axle_to_front_m
+        self.body_sweep = np.hypot(radius + half_w, front) - (radius + half_w)
         self.index = None  # index of the route point nearest to the ego, once known
 
     def _curvature(self, window_m: float) -> np.ndarray:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adstack.node import Diagnostics, declare_params, latched_qos, param_file, reliable_qos, run_node, sensor_qos
+from adstack.node import Diagnostics, declare_params, latched_qos, param_file, reliable_qos, run_node
 from adstack.node_io import msg_class
 from adstack.types import Command
 
@@ -62,8 +62,9 @@ class SimBridgeNode(Node):
         super().__init__("sim_bridge")
         self.params = declare_params(self, BridgeConfig, param_file("sim", "bridge"))
         self.diag = Diagnostics(self, "sim bridge", period_s=self.params.diagnostics_period_s)
-        self.pub_cloud = self.create_publisher(msg_class("PointCloud2"), "output/pointcloud", sensor_qos())
-        self.pub_odom = self.create_publisher(msg_class("Odometry"), "output/kinematic_state", sensor_qos())
+        # Reliable writers (best-effort readers match them too): in lockstep a lost sample is a lost tick.
+        self.pub_cloud = self.create_publisher(msg_class("PointCloud2"), "output/pointcloud", reliable_qos(2))
+        self.pub_odom = self.create_publisher(msg_class("Odometry"), "output/kinematic_state", reliable_qos())
         self.pub_gt = self.create_publisher(msg_class("TrackedObjects"), "output/ground_truth_objects", reliable_qos())
         self.pub_det = self.create_publisher(msg_class("DetectedObjects"), "/perception/object_recognition/detection/objects",
                                              reliable_qos())

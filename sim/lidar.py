@@ -29,6 +29,9 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,12 +295,12 @@ def _splitmix64(x):
 
 
 @njit(cache=True, fastmath=False, nogil=True)
-def _column_lists(prim_center, prim_half, prim_cos_yaw, prim_sin_yaw, origin, rot_world_to_sensor,
-                  columns, start_col, end_col, range_max, elevation):
-    """CSR lists (offsets over local columns, primitive indices nearest first) of the primitives each
-    column can hit; per primitive a lower bound on its hit range and the channels that can reach it."""
+def _primitive_bounds(prim_center, prim_half, prim_cos_yaw, prim_sin_yaw, origin, rot_world_to_sensor,
+                      columns, range_max, elevation):
+    """Per primitive: the columns lo..hi (modulo ``columns``; hi < lo: culled) and channels ch_lo..ch_hi
+    that can hit it, a lower bound on the range at which a ray can meet it, and the primitives in
+    order of that bound (``_column_lists`` turns this into per-column lists for a column range)."""
     n_prim = prim_center.shape[0]
-    n_local = end_col - start_col
     step = 2.0 * math.pi / columns
     lo = np.zeros(n_prim, np.int64)
     hi = np.full(n_prim, -1, np.int64)  # hi < lo: primitive culled
@@ -386,6 +389,15 @@ def _column_lists(prim_center, prim_half, prim_cos_yaw, prim_sin_yaw, origin, ro
                 hi[p] = columns - 1
     # Lists sorted nearest first, so a ray stops testing once no later primitive can beat its hit.
     order = np.argsort(min_dist)
+    return lo, hi, min_dist, ch_lo, ch_hi, order
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def _column_lists(lo, hi, order, columns, start_col, end_col):
+    """CSR lists (offsets over the local columns of [start_col, end_col), primitive indices nearest
+    first) of the primitives each column can hit."""
+    n_prim = lo.shape[0]
+    n_local = end_col - start_col
     counts = np.zeros(n_local + 1, np.int64)
     for p in range(n_prim):
         for j in range(lo[p], hi[p] + 1):
@@ -401,7 +413,7 @@ def _column_lists(prim_center, prim_half, prim_cos_yaw, prim_sin_yaw, origin, ro
             if start_col <= c < end_col:
                 indices[fill[c - start_col]] = p
                 fill[c - start_col] += 1
-    return offsets, indices, min_dist, ch_lo, ch_hi
+    return offsets, indices
 
 
 @njit(cache=True, fastmath=False, nogil=True)
@@ -410,18 +422,30 @@ def _cast(origin, rot_sensor_to_world, cos_el, sin_el, cos_az, sin_az, start_col
           prim_center, prim_half, prim_cos_yaw, prim_sin_yaw, prim_material, prim_label, prim_actor,
           ground_label, ground_z, ground_slope_x, ground_slope_y, range_min, range_max,
           noise_sigma, gauss_table, dropout, key, attenuation, reflectivity,
-          out_range, out_intensity, out_label, out_actor):
+          out_range, out_intensity, out_label, out_actor, out_first_col):
     """Nearest hit per ray of columns [start_col, end_col): range (-1: no return), intensity, label and
-    actor id of what it hit. The output arrays are (column, channel) over the whole revolution and
-    only these columns are written, so casts of disjoint column ranges can run in parallel.
+    actor id of what it hit. The outputs are (column - out_first_col, channel): a whole revolution's
+    arrays (out_first_col 0), of which only these columns are written, or a chunk's own.
     ``offsets`` are over the local columns (``_column_lists`` of the same range)."""
     n_channels = cos_el.shape[0]
     r = rot_sensor_to_world
     ox, oy, oz = origin[0], origin[1], origin[2]
     ground_norm = math.sqrt(1.0 + ground_slope_x * ground_slope_x + ground_slope_y * ground_slope_y)
     retro = MAT_RETRO
+    # the sensor origin in each primitive's own frame: the same for every ray, so computed once
+    n_prim = prim_center.shape[0]
+    local_x = np.empty(n_prim)
+    local_y = np.empty(n_prim)
+    local_z = np.empty(n_prim)
+    for p in range(n_prim):
+        c, s = prim_cos_yaw[p], prim_sin_yaw[p]
+        px, py, pz = ox - prim_center[p, 0], oy - prim_center[p, 1], oz - prim_center[p, 2]
+        local_x[p] = c * px + s * py
+        local_y[p] = -s * px + c * py
+        local_z[p] = pz
     for local in range(end_col - start_col):
         col = start_col + local
+        row = col - out_first_col
         for ch in range(n_channels):
             sx = cos_el[ch] * cos_az[col]
             sy = cos_el[ch] * sin_az[col]
@@ -445,9 +469,7 @@ def _cast(origin, rot_sensor_to_world, cos_el, sin_el, cos_az, sin_az, start_col
                 if ch < prim_ch_lo[p] or ch > prim_ch_hi[p]:
                     continue
                 c, s = prim_cos_yaw[p], prim_sin_yaw[p]
-                px, py, pz = ox - prim_center[p, 0], oy - prim_center[p, 1], oz - prim_center[p, 2]
-                lx = c * px + s * py
-                ly = -s * px + c * py
+                lx, ly, pz = local_x[p], local_y[p], local_z[p]
                 ux = c * dx + s * dy
                 uy = -s * dx + c * dy
                 t_near = -math.inf
@@ -483,14 +505,14 @@ def _cast(origin, rot_sensor_to_world, cos_el, sin_el, cos_az, sin_az, start_col
                     best = t_near
                     best_cos = near_cos
                     best_prim = p
-            out_range[col, ch] = -1.0
-            out_intensity[col, ch] = 0.0
+            out_range[row, ch] = -1.0
+            out_intensity[row, ch] = 0.0
             if best_prim >= 0:
-                out_label[col, ch] = prim_label[best_prim]
-                out_actor[col, ch] = prim_actor[best_prim]
+                out_label[row, ch] = prim_label[best_prim]
+                out_actor[row, ch] = prim_actor[best_prim]
             else:
-                out_label[col, ch] = ground_label
-                out_actor[col, ch] = -1
+                out_label[row, ch] = ground_label
+                out_actor[row, ch] = -1
             # beams ending closer than range_min are lost, but they were blocked all the same
             if best_prim == -2 or best > range_max or best < range_min:
                 continue
@@ -504,8 +526,8 @@ def _cast(origin, rot_sensor_to_world, cos_el, sin_el, cos_az, sin_az, start_col
             material = 0 if best_prim == -1 else prim_material[best_prim]
             cos_term = 1.0 if material == retro else best_cos
             intensity = reflectivity[material] * cos_term * math.exp(-attenuation * rng)
-            out_range[col, ch] = rng
-            out_intensity[col, ch] = min(1.0, max(0.0, intensity))
+            out_range[row, ch] = rng
+            out_intensity[row, ch] = min(1.0, max(0.0, intensity))
 
 
 @njit(cache=True, fastmath=False, nogil=True)
@@ -553,10 +575,10 @@ class Lidar:
     """Ray-cast lidar. ``scan`` casts a whole revolution at one world state, ``scan_partial`` a range
     of columns (a spinning sensor's share of one simulation tick; see ``SpinningLidar``).
 
-    With ``config.cast_threads > 1`` a cast is split into that many contiguous column ranges, all but
-    the last cast by background threads (the kernels release the GIL). Every ray's result depends
-    only on its own column, the cast's primitives and its key, so the clouds are the same, bit for
-    bit, whatever the number of threads."""
+    With ``config.cast_threads > 1`` a cast is queued in chunks of ``CHUNK_COLUMNS`` columns that
+    ``cast_threads - 1`` background threads and the calling thread take in turn (the kernels release
+    the GIL). Every ray's result depends only on its own column, the cast's primitives and its key,
+    so the clouds are the same, bit for bit, whatever the number of threads."""
 
     def __init__(self, config: LidarConfig | None = None, seed: int = 0, warm_up: bool = True):
         self.config = config or LidarConfig()
@@ -575,6 +597,8 @@ class Lidar:
         self._buffers = ray_buffers(cfg)
         self._pool = None
         self._pool_pid = None
+        self._queue = _CastQueue(self)
+        self.cast_cpu_s = 0.0  # CPU time spent in the ray casts, summed over all threads (benchmarks)
         if warm_up:  # compile (or load the cached kernels) now, not inside the first tick
             Lidar(cfg, seed=0, warm_up=False).scan_partial(0, 1, (0, 0, 1.8, 0, 0, 0), Boxes(
                 center=[[5.0, 0.0, 1.0]], size=[[4.0, 2.0, 1.5]], yaw=[0.0], label=[1]), None, 0.0)
@@ -638,38 +662,41 @@ class Lidar:
             center, half, yaw = np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0)
             material, label, actor_id = np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int64)
         key = np.uint64(self.rng.integers(0, 2**63, dtype=np.int64))
-        return (origin, rot, np.ascontiguousarray(rot.T), center, half, np.cos(yaw), np.sin(yaw), material, label,
-                actor_id, ground_z, float(ground_slope[0]), float(ground_slope[1]), key)
+        cos_yaw, sin_yaw = np.cos(yaw), np.sin(yaw)
+        bounds = _primitive_bounds(center, half, cos_yaw, sin_yaw, origin, np.ascontiguousarray(rot.T), cfg.columns,
+                                   cfg.range_max_m, self.elevation_rad)
+        return (origin, rot, center, half, cos_yaw, sin_yaw, material, label, actor_id, ground_z,
+                float(ground_slope[0]), float(ground_slope[1]), key, bounds)
 
-    def _cast_columns(self, job: tuple, start_col: int, end_col: int, buffers: tuple) -> None:
-        """Cast columns [start_col, end_col) of a prepared job into ``buffers``; the kernels release
-        the GIL, so this runs in parallel with Python on other threads."""
+    def _cast_columns(self, job: tuple, start_col: int, end_col: int, buffers: tuple, first_col: int = 0) -> None:
+        """Cast columns [start_col, end_col) of a prepared job into ``buffers`` (row = column -
+        first_col); the kernels release the GIL, so this runs in parallel with Python on other threads."""
         cfg = self.config
-        origin, rot, rot_t, center, half, cos_yaw, sin_yaw, material, label, actor_id, ground_z, slope_x, slope_y, key = job
-        offsets, indices, min_dist, ch_lo, ch_hi = _column_lists(
-            center, half, cos_yaw, sin_yaw, origin, rot_t, cfg.columns, start_col, end_col,
-            cfg.range_max_m, self.elevation_rad)
+        cpu_start = time.thread_time()
+        origin, rot, center, half, cos_yaw, sin_yaw, material, label, actor_id, ground_z, slope_x, slope_y, key, \
+            (lo, hi, min_dist, ch_lo, ch_hi, order) = job
+        offsets, indices = _column_lists(lo, hi, order, cfg.columns, start_col, end_col)
         out_range, out_intensity, out_label, out_actor = buffers
         _cast(origin, rot, self._cos_el, self._sin_el, self._cos_az, self._sin_az, start_col, end_col,
               offsets, indices, min_dist, ch_lo, ch_hi, center, half, cos_yaw, sin_yaw, material, label, actor_id,
               GROUND_LABEL, ground_z, slope_x, slope_y, cfg.range_min_m, cfg.range_max_m,
               cfg.range_noise_sigma_m, self._gauss_table, cfg.dropout_probability, key,
-              cfg.intensity_attenuation_per_m, self._reflectivity, out_range, out_intensity, out_label, out_actor)
+              cfg.intensity_attenuation_per_m, self._reflectivity, out_range, out_intensity, out_label, out_actor,
+              first_col)
+        with self._queue.lock:  # casts finish on several threads
+            self.cast_cpu_s += time.thread_time() - cpu_start
 
     def _cast_split(self, job: tuple, start_col: int, end_col: int, buffers: tuple) -> None:
-        """``_cast_columns``, split over ``cast_threads`` threads (this one casts the last share)."""
-        threads = min(self.config.cast_threads, (end_col - start_col) // MIN_COLUMNS_PER_THREAD)
-        if threads <= 1:
+        """Cast columns [start_col, end_col) now, with the background threads' help, and wait."""
+        self._cast_later(job, start_col, end_col, buffers)
+        self._queue.finish()
+
+    def _cast_later(self, job: tuple, start_col: int, end_col: int, buffers: tuple) -> None:
+        """Queue the cast for the background threads; ``_queue.finish()`` completes it."""
+        if self.config.cast_threads <= 1:
             self._cast_columns(job, start_col, end_col, buffers)
-            return
-        bounds = [start_col + (end_col - start_col) * k // threads for k in range(threads + 1)]
-        pool = self.worker_pool()
-        futures = [pool.submit(self._cast_columns, job, bounds[k], bounds[k + 1], buffers) for k in range(threads - 1)]
-        try:
-            self._cast_columns(job, bounds[-2], bounds[-1], buffers)
-        finally:
-            for future in futures:
-                future.result()
+        else:
+            self._queue.put(job, start_col, end_col, buffers)
 
     def worker_pool(self) -> ThreadPoolExecutor:
         """The background threads (``cast_threads - 1``, at least one), started on first use."""
@@ -681,14 +708,104 @@ class Lidar:
     def close(self) -> None:
         """Stop the background threads (they also stop when the Lidar is garbage collected)."""
         if self._pool is not None and self._pool_pid == os.getpid():
+            self._queue.finish()
             self._pool.shutdown(wait=True)
         self._pool = None
 
 
-# Fewer columns than this per thread are cast on the calling thread: handing work to another
-# thread costs tens of microseconds, 32 columns of 64 beams about as much.
-MIN_COLUMNS_PER_THREAD = 32
+# Casts are queued in chunks of this many columns (1/8 revolution) that any thread may take.
+CHUNK_COLUMNS = 128
+# How long the caller waits for a chunk a background thread holds before casting it itself, as a
+# multiple of the recent time per chunk: on a loaded machine that thread may wait milliseconds for
+# a core, and the caller should not wait with it.
+STEAL_AFTER_CHUNK_TIMES = 1.5
 
+_QUEUED, _RUNNING, _DONE = range(3)
+
+
+class _CastQueue:
+    """Chunks of prepared casts that the lidar's background threads and the caller take in turn.
+
+    A background thread casts a chunk into arrays of its own and hands them over when done; the
+    caller (``finish``) casts every chunk nobody has started straight into the output, copies the
+    finished ones over, and casts again any chunk a background thread is still holding after a
+    short wait (the late result is then dropped). Every ray's result depends only on its column
+    and the cast's inputs, so the outcome is the same whoever casts which chunk."""
+
+    def __init__(self, lidar: "Lidar"):
+        self.lidar = lidar
+        self.lock = threading.Lock()
+        self._changed = threading.Condition(self.lock)
+        self._queued: deque = deque()
+        self._taken: list = []  # chunks background threads took: [state, job, start, end, buffers, result]
+        self._chunk_s = 2e-4  # running mean wall time per chunk on the caller's thread
+        self._error: BaseException | None = None
+
+    def put(self, job: tuple, start_col: int, end_col: int, buffers: tuple) -> None:
+        with self.lock:
+            for start in range(start_col, end_col, CHUNK_COLUMNS):
+                self._queued.append([_QUEUED, job, start, min(end_col, start + CHUNK_COLUMNS), buffers, None])
+        pool = self.lidar.worker_pool()
+        for _ in range(self.lidar.config.cast_threads - 1):
+            pool.submit(self._work)
+
+    def _work(self) -> None:
+        """A background thread: cast queued chunks into private arrays until none is left."""
+        channels = self.lidar.config.channels
+        while True:
+            with self.lock:
+                if not self._queued:
+                    return
+                chunk = self._queued.popleft()
+                chunk[0] = _RUNNING
+                self._taken.append(chunk)
+            _, job, start, end, _, _ = chunk
+            try:
+                out = (np.empty((end - start, channels), np.float32), np.empty((end - start, channels), np.float32),
+                       np.empty((end - start, channels), np.int32), np.empty((end - start, channels), np.int64))
+                self.lidar._cast_columns(job, start, end, out, start)
+            except BaseException as exc:  # re-raised on the caller's thread by finish()
+                with self.lock:
+                    self._error = exc
+                    chunk[0] = _DONE
+                    self._changed.notify_all()
+                continue
+            with self.lock:
+                if chunk[0] == _RUNNING:  # not cast again by the caller meanwhile
+                    chunk[5] = out
+                    chunk[0] = _DONE
+                    self._changed.notify_all()
+
+    def finish(self) -> None:
+        """Complete every queued cast on this thread (with whatever the background threads finished)."""
+        while True:
+            with self.lock:
+                chunk = self._queued.popleft() if self._queued else None
+                if chunk is not None:
+                    chunk[0] = _DONE
+            if chunk is None:
+                break
+            started = time.perf_counter()
+            self.lidar._cast_columns(chunk[1], chunk[2], chunk[3], chunk[4])
+            self._chunk_s += 0.2 * (time.perf_counter() - started - self._chunk_s)
+        with self.lock:
+            taken, self._taken = self._taken, []
+        for chunk in taken:
+            with self.lock:
+                if chunk[0] == _RUNNING:
+                    self._changed.wait_for(lambda: chunk[0] != _RUNNING, STEAL_AFTER_CHUNK_TIMES * self._chunk_s)
+                late = chunk[0] == _RUNNING
+                chunk[0] = _DONE
+            _, job, start, end, buffers, result = chunk
+            if late:  # its thread has no core: cast it here
+                self.lidar._cast_columns(job, start, end, buffers)
+            elif result is not None:
+                for target, part in zip(buffers, result):
+                    target[start:end] = part
+        with self.lock:
+            error, self._error = self._error, None
+        if error is not None:
+            raise error
 
 def ray_buffers(config: LidarConfig) -> tuple:
     """Per-ray outputs over a whole revolution, (column, channel): range (-1: no return),
@@ -712,10 +829,11 @@ class SpinningLidar:
     static world lines up in one frame; moving actors still show where they were when swept.
 
     Threads (``config.cast_threads > 1``): a tick that does not complete a revolution only prepares
-    its cast (pose, primitives, noise key: everything taken from that tick's world state) and hands
-    it to a background thread, which casts while the caller steps the simulation to the next tick;
-    the completing tick waits for it. Each column still sees the world state of the tick it belongs
-    to, and the frames are identical, bit for bit, to a single-threaded run.
+    its cast (pose, primitives, noise key: everything taken from that tick's world state, copied) and
+    queues it for the background thread, which casts while the caller steps the simulation to the
+    next tick. The completing tick queues its own share, casts every chunk nobody has started and
+    waits for the rest. Each column still sees the world state of the tick it belongs to, and the
+    frames are identical, bit for bit, to a single-threaded run.
     """
 
     def __init__(self, lidar: Lidar, tick_s: float = 0.05, motion_compensate: bool = False):
@@ -730,7 +848,6 @@ class SpinningLidar:
         self._ticks = 0
         self._done = 0  # columns cast in total
         self._parts: list[tuple[int, int, tuple]] = []  # (start, end, sensor pose) of this revolution
-        self._in_flight: list = []  # background casts of this revolution
 
     def reset(self) -> None:
         self._wait()
@@ -743,9 +860,7 @@ class SpinningLidar:
         self._wait()
 
     def _wait(self) -> None:
-        in_flight, self._in_flight = self._in_flight, []
-        for future in in_flight:
-            future.result()
+        self.lidar._queue.finish()
 
     def tick(self, stamp: float, sensor_pose_world, actors: Boxes | None = None, scenery: Boxes | None = None,
              ground_z: float | None = None, ground_slope=(0.0, 0.0)) -> PointCloud | None:
@@ -766,18 +881,10 @@ class SpinningLidar:
             job = lidar._prepare(pose, actors, scenery, ground_z, ground_slope)
             self._parts.append((start, end, pose))
             self._done += end - start
+            lidar._cast_later(job, start, end, self._buffers)
             if end == columns:
-                if all(future.done() for future in self._in_flight):
-                    lidar._cast_split(job, start, end, self._buffers)
-                else:  # the background thread is still busy with an earlier share: cast here
-                    lidar._cast_columns(job, start, end, self._buffers)
-                self._wait()
+                self._wait()  # this thread casts what is left, then the revolution is complete
                 frame = self._assemble(stamp, pose)
-            elif lidar.config.cast_threads > 1:
-                self._in_flight.append(lidar.worker_pool().submit(lidar._cast_columns, job, start, end,
-                                                                  self._buffers))
-            else:
-                lidar._cast_columns(job, start, end, self._buffers)
         return frame
 
     def _assemble(self, stamp: float, final_pose: tuple) -> PointCloud:

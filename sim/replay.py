@@ -268,13 +268,17 @@ class Frame:
 
 
 class CloudGate:
-    """The lidar node's acceptance rules: decode + validate, monotone stamps, a pose near in time."""
+    """The lidar node's acceptance rules, in its order: decode and validate; a pose within
+    ``max_pose_age_s``; a stamp newer than the last accepted cloud's (``adstack.node_io.StampGuard``:
+    an older one is dropped, unless it is older by more than a few seconds, a new run)."""
 
     def __init__(self, poses: PoseBuffer, max_points: int, max_pose_age_s: float):
+        from adstack.node_io import StampGuard
         self.poses = poses
         self.max_points = max_points
         self.max_pose_age_s = max_pose_age_s
-        self.last_stamp: float | None = None
+        self.order = StampGuard()
+        self.new_run = False   # the last accepted cloud jumped back in time: downstream state resets
         self.drops: dict[str, int] = {}
         self.nonfinite_points = 0
 
@@ -288,19 +292,22 @@ class CloudGate:
             self._drop(f"malformed_pointcloud.{exc.kind}")
             return None
         self.nonfinite_points += dropped
-        if self.last_stamp is not None and cloud.stamp <= self.last_stamp:
-            self._drop("duplicate_stamp" if cloud.stamp == self.last_stamp else "out_of_order_stamp")
-            return None
         pose = self.poses.nearest(cloud.stamp, self.max_pose_age_s)
         if pose is None:
             self._drop("no_pose")
             return None
-        self.last_stamp = cloud.stamp
+        order = self.order.check(cloud.stamp)
+        if order in ("duplicate_stamp", "out_of_order_stamp"):
+            self._drop(order)
+            return None
+        self.new_run = order == "clock_jump_back"
         return cloud, pose
 
 
 class InProcessStack:
-    """Detector + tracker called directly, as the nodes call them."""
+    """Detector + tracker called directly, as the nodes call them: the tracker gets the detections
+    as the tracking node receives them (through the DetectedObjects message), and starts afresh when
+    the stamps jump back (a new run)."""
 
     name = "inprocess"
 
@@ -309,9 +316,10 @@ class InProcessStack:
         from perception.pipeline import LidarPerception, make_detector
         mount = (node_cfg.mount_x_m, node_cfg.mount_y_m, node_cfg.mount_z_m, node_cfg.mount_yaw_rad)
         self.perception = LidarPerception(make_detector(model), mount, track=False)
-        self.tracker = MultiObjectTracker(TrackerConfig.load())
+        self.tracker_config = TrackerConfig.load()
+        self.tracker = MultiObjectTracker(self.tracker_config)
 
-    def process(self, cloud: PointCloud, pose: EgoState) -> tuple[Boxes, Boxes, dict]:
+    def process(self, cloud: PointCloud, pose: EgoState, new_run: bool = False) -> tuple[Boxes, Boxes, dict]:
         t0 = time.perf_counter()
         if len(cloud) == 0:
             detections = Boxes(frame_id="map", stamp=cloud.stamp)
@@ -319,7 +327,10 @@ class InProcessStack:
             detections = self.perception.detect(cloud, pose)
         detections.stamp = cloud.stamp
         t1 = time.perf_counter()
-        tracks = self.tracker.step(detections, cloud.stamp)
+        if new_run:
+            self.tracker.reset()
+        received = through_messages(detections, tracked=False)
+        tracks = self.tracker.step(received, received.stamp)
         tracks.frame_id, tracks.stamp = detections.frame_id, cloud.stamp
         t2 = time.perf_counter()
         return detections, tracks, {"detect": (t1 - t0) * 1e3, "track": (t2 - t1) * 1e3}
@@ -374,6 +385,7 @@ class GraphStack:
     name = "ros2"
     NODES = ("lidar_detector", "tracker")
     STAMP_TOLERANCE_NS = 1000  # float seconds cannot carry every nanosecond of an epoch stamp
+    POSE_HEAD_START_S = 0.1  # odometry goes out at least this long before its cloud
 
     def __init__(self, model: str, node_cfg, out: Path, domain_id: int | None = None, timeout_s: float = 30.0):
         import os
@@ -406,6 +418,8 @@ class GraphStack:
             self.profile.write_text(FASTDDS_LARGE_DATA_PROFILE)
             env[PROFILE_ENV] = str(self.profile.resolve())
         params = {"lidar_detector": {"model": str(Path(model).resolve()) if Path(model).is_dir() else model}}
+        if hasattr(node_cfg, "reliable_input"):   # a replay may not lose a cloud: reliable subscription
+            params["lidar_detector"]["reliable_input"] = "true"
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen] = {}
         for name, spec in self.specs.items():
@@ -455,16 +469,24 @@ class GraphStack:
         self.node.create_subscription(msg_class("TrackedObjects"), trk_remap["output/objects"],
                                       lambda m: self._on_objects("tracks", m), reliable_qos(100))
         self.n_poses_sent = 0
+        self.poses_sent_at = -math.inf
         self.resends = 0
         self.answer_s: list[float] = []
         deadline = time.monotonic() + self.timeout_s
+        det_topic, trk_topic = det_remap["output/objects"], trk_remap["output/objects"]
+        # Every link of the chain must exist before the first cloud: reliable, volatile topics do not
+        # deliver what was published before the reader matched, and a tracker that misses the first
+        # detections would make the comparison fail. The tracker's reader of the detections is the
+        # second subscriber there (ours is the first).
         while not (self.cloud_pub.get_subscription_count() and self.odom_pub.get_subscription_count()
-                   and self.node.count_publishers(trk_remap["output/objects"])
-                   and self.node.count_publishers(det_remap["output/objects"])):
+                   and self.node.count_publishers(det_topic) and self.node.count_publishers(trk_topic)
+                   and self.node.count_subscribers(det_topic) >= 2):
             self._check_alive()
             if time.monotonic() > deadline:
                 raise UserError(f"the replay nodes did not come up within {self.timeout_s:g} s; see {self.log_dir}")
             self.executor.spin_once(timeout_sec=0.1)
+        # What this process sees, the nodes may learn a moment later from each other.
+        self._spin_for(1.0)
 
     def _on_objects(self, kind: str, msg) -> None:
         boxes = rc.boxes_from_objects(msg)
@@ -484,16 +506,16 @@ class GraphStack:
                 return self.received[kind].pop(key)
         return None
 
-    def send_poses(self, cloud: PointCloud, poses: PoseBuffer, again: bool = False) -> None:
-        """Publish the odometry the lidar node needs for ``cloud`` (stamped up to the cloud's stamp +
-        ``max_pose_age_s``; ``again``: the latest 100 of them, the node's buffer size, once more).
-
-        Call it well before :meth:`process`: the node's executor serves the cloud subscription before
-        the odometry one when both are waiting, and a cloud seen before its pose is dropped."""
+    def send_poses(self, cloud: PointCloud, poses: PoseBuffer) -> None:
+        """Publish, in stamp order, the odometry not yet sent that the lidar node may need for
+        ``cloud``: stamped up to the cloud's stamp + ``max_pose_age_s``. Call it well before
+        :meth:`process`: the node's executor serves a waiting cloud before waiting odometry, and a
+        cloud seen before its pose is matched with an older one."""
         window = poses.up_to(cloud.stamp + self.node_cfg.max_pose_age_s)
-        first = max(0, len(window) - 100) if again else self.n_poses_sent
-        for ego in window[first:]:
+        for ego in window[self.n_poses_sent:]:
             self.odom_pub.publish(rc.odometry_to_msg(ego))
+        if len(window) > self.n_poses_sent:
+            self.poses_sent_at = time.monotonic()
         self.n_poses_sent = len(window)
 
     def _send_cloud(self, cloud: PointCloud) -> None:
@@ -515,8 +537,9 @@ class GraphStack:
         stamp_ns = int(round(cloud.stamp * 1e9))
         t0 = time.perf_counter()
         if self.n_poses_sent < len(poses.up_to(cloud.stamp + self.node_cfg.max_pose_age_s)):
-            self.send_poses(cloud, poses)   # the caller did not: give the odometry a short head start
-            self._spin_for(0.05)
+            self.send_poses(cloud, poses)   # the caller did not
+        # The node's executor serves a waiting cloud before waiting odometry: let the odometry land first.
+        self._spin_for(self.POSE_HEAD_START_S - (time.monotonic() - self.poses_sent_at))
         self._send_cloud(cloud)
         deadline = time.monotonic() + self.timeout_s
         next_resend = time.monotonic() + self._resend_after_s()
@@ -534,13 +557,10 @@ class GraphStack:
                 raise UserError(f"no {' and '.join(k for k in ('detections', 'tracks') if k not in got)} for the "
                                 f"cloud stamped {cloud.stamp:.3f} within {self.timeout_s:g} s; see {self.log_dir}")
             if "detections" not in got and now > next_resend:
-                # Lost in transport (best effort) or seen before its pose: the node has not used it, so
-                # sending it again is safe. Every other time the odometry goes out again too.
+                # Lost in transport (a best-effort subscription), or dropped for want of a pose: the node
+                # has not used it, so sending it again is safe (a repeat of a used one is dropped).
                 self._check_alive()
                 self.resends += 1
-                if self.resends % 2 == 0:
-                    self.send_poses(cloud, poses, again=True)
-                    self._spin_for(0.05)
                 self._send_cloud(cloud)
                 next_resend = now + self._resend_after_s()
         (t_det, det), (t_trk, trk) = got["detections"], got["tracks"]
@@ -638,7 +658,10 @@ def format_report(report: dict) -> str:
     eq = report.get("equivalence")
     if eq is not None:
         lines.append(f"graph vs in-process: {'SAME' if eq['same'] else 'DIFFERENT'} on {eq['frames']} frames "
-                     f"(max difference {eq['max_difference']})")
+                     f"(max difference {eq['max_difference']:.2g}; {eq['resent_clouds']} clouds sent again)")
+        for d in eq["differing_frames"][:5]:
+            lines.append(f"  differs: cloud {d['stamp']:.3f} {d['stage']}: {d['inprocess']} in process, {d['graph']} "
+                         f"from the graph, difference {d['difference']}")
     return "\n".join(lines)
 
 
@@ -745,6 +768,7 @@ def _run_loop(reader, roles, poses, node_cfg, inproc, graph, writer, view, opts)
     if graph is not None:
         stage_ms.update({"graph_detections_e2e": [], "graph_tracks_e2e": []})
     same, max_diff, n_compared = True, 0.0, 0
+    differing: list[dict] = []
     route_xy = None
     first_log_ns, wall_start = None, time.perf_counter()
     wanted = [t for t in (roles["lidar"], roles["odom"], roles["gt"], roles["route"]) if t]
@@ -779,17 +803,23 @@ def _run_loop(reader, roles, poses, node_cfg, inproc, graph, writer, view, opts)
             cloud, pose = accepted
             if graph is not None:
                 graph.send_poses(cloud, poses)   # ahead of the cloud, by the in-process step's time
-            detections, tracks, ms = inproc.process(cloud, pose)
+            detections, tracks, ms = inproc.process(cloud, pose, gate.new_run)
             stage_ms["detect"].append(ms["detect"])
             stage_ms["track"].append(ms["track"])
             if graph is not None:
                 g_det, g_trk, g_ms = graph.process(cloud, poses)
                 stage_ms["graph_detections_e2e"].append(g_ms["detections_e2e"])
                 stage_ms["graph_tracks_e2e"].append(g_ms["tracks_e2e"])
-                for mine, theirs, tracked in ((detections, g_det, False), (tracks, g_trk, True)):
+                for stage, mine, theirs, tracked in (("detections", detections, g_det, False),
+                                                     ("tracks", tracks, g_trk, True)):
                     ok, diff = compare_boxes(through_messages(mine, tracked), theirs)
-                    same &= ok and np.array_equal(mine.ids, theirs.ids)
-                    max_diff = max(max_diff, diff)
+                    ok = ok and np.array_equal(mine.ids, theirs.ids)
+                    same &= ok
+                    if math.isfinite(diff):
+                        max_diff = max(max_diff, diff)
+                    if not ok and len(differing) < 20:
+                        differing.append({"stamp": cloud.stamp, "stage": stage, "inprocess": len(mine),
+                                          "graph": len(theirs), "difference": diff if math.isfinite(diff) else None})
                 n_compared += 1
                 detections, tracks = g_det, g_trk  # record what the graph produced
             frames.append(Frame(cloud.stamp, log_ns, cloud, pose, detections, tracks, ms["detect"], ms["track"]))
@@ -803,7 +833,7 @@ def _run_loop(reader, roles, poses, node_cfg, inproc, graph, writer, view, opts)
     compare = None
     if graph is not None:
         compare = {"frames": n_compared, "same": bool(same and n_compared > 0), "resent_clouds": graph.resends,
-                   "max_difference": None if not math.isfinite(max_diff) else max_diff}
+                   "max_difference": max_diff, "differing_frames": differing}
     return frames, gate, stage_ms, compare
 
 

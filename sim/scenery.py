@@ -346,6 +346,8 @@ class SceneryIndex:
         self.radius_m = float(radius_m)
         self._reach = np.hypot(boxes.size[:, 0], boxes.size[:, 1]) / 2  # footprint circumradius
         self._cells: dict[tuple[int, int], np.ndarray] = {}
+        self._by_cell: dict[tuple[int, int], np.ndarray] = {}  # query candidates per cell of the query point
+        self._last = None  # (indices, Boxes) of the last query
         if len(boxes):
             lo = np.floor((boxes.center[:, :2] - self._reach[:, None]) / self.cell_m).astype(np.int64)
             hi = np.floor((boxes.center[:, :2] + self._reach[:, None]) / self.cell_m).astype(np.int64)
@@ -367,17 +369,46 @@ class SceneryIndex:
         return len(self.boxes)
 
     def query_indices(self, x: float, y: float, radius_m: float | None = None) -> np.ndarray:
+        """Sorted indices of the boxes whose footprint circle comes within the radius of (x, y)."""
         radius = self.radius_m if radius_m is None else float(radius_m)
-        ix0, iy0 = int(math.floor((x - radius) / self.cell_m)), int(math.floor((y - radius) / self.cell_m))
-        ix1, iy1 = int(math.floor((x + radius) / self.cell_m)), int(math.floor((y + radius) / self.cell_m))
+        if radius == self.radius_m:  # the lidar's query, every tick: candidates cached per grid cell
+            candidates = self._cell_candidates(int(math.floor(x / self.cell_m)), int(math.floor(y / self.cell_m)))
+        else:
+            candidates = self._candidates(x - radius, x + radius, y - radius, y + radius)
+        if not len(candidates):
+            return candidates
+        near = np.hypot(self.boxes.center[candidates, 0] - x, self.boxes.center[candidates, 1] - y) \
+            - self._reach[candidates] <= radius
+        return candidates[near]
+
+    def _candidates(self, x0: float, x1: float, y0: float, y1: float) -> np.ndarray:
+        """Sorted indices of the boxes bucketed in the cells that the rectangle touches."""
+        ix0, iy0 = int(math.floor(x0 / self.cell_m)), int(math.floor(y0 / self.cell_m))
+        ix1, iy1 = int(math.floor(x1 / self.cell_m)), int(math.floor(y1 / self.cell_m))
         found = [self._cells[(ix, iy)] for ix in range(ix0, ix1 + 1) for iy in range(iy0, iy1 + 1)
                  if (ix, iy) in self._cells]
-        if not found:
-            return np.zeros(0, dtype=np.int64)
-        idx = np.unique(np.concatenate(found))
-        near = np.hypot(self.boxes.center[idx, 0] - x, self.boxes.center[idx, 1] - y) - self._reach[idx] <= radius
-        return idx[near]
+        return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+
+    def _cell_candidates(self, ix: int, iy: int) -> np.ndarray:
+        """Candidates for any query point in cell (ix, iy): the boxes of every cell that a query
+        square around such a point can touch. A box passing the distance test lies in a cell of the
+        query's own square, so filtering these gives exactly what the uncached query gives."""
+        found = self._by_cell.get((ix, iy))
+        if found is None:
+            c, r = self.cell_m, self.radius_m + 1.0  # 1 m more: rounding at the cell borders
+            found = self._by_cell[(ix, iy)] = self._candidates(ix * c - r, (ix + 1) * c + r, iy * c - r,
+                                                               (iy + 1) * c + r)
+        return found
 
     def query(self, x: float, y: float, radius_m: float | None = None) -> Boxes:
-        """Boxes whose footprint may come within ``radius_m`` (default: the lidar range) of (x, y)."""
-        return self.boxes.select(self.query_indices(x, y, radius_m))
+        """Boxes whose footprint may come within ``radius_m`` (default: the lidar range) of (x, y).
+
+        While the set of boxes stays the same (consecutive ticks of a drive) the same ``Boxes`` object
+        is returned: treat it as read-only."""
+        idx = self.query_indices(x, y, radius_m)
+        last = self._last
+        if last is not None and np.array_equal(last[0], idx):
+            return last[1]
+        found = self.boxes.select(idx)
+        self._last = (idx, found)
+        return found

@@ -11,6 +11,7 @@ latest ``/diagnostics`` status of every node.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import time
@@ -24,7 +25,7 @@ pytest.importorskip("rclpy")
 
 from adstack import ros_convert as rc  # noqa: E402
 from adstack.launch_graph import all_nodes  # noqa: E402
-from adstack.launch_runner import node_command  # noqa: E402
+from adstack.launch_runner import DOMAIN_ID_RANGE, domain_in_use, free_domain_id, node_command  # noqa: E402
 from adstack.types import Boxes, EgoState, PointCloud, Trajectory  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,8 +47,9 @@ needs_autoware = pytest.mark.skipif(not autoware_available(),
 
 
 def domain_id_for(name: str) -> int:
-    """A ROS_DOMAIN_ID per test module and process (1..230), so parallel runs do not hear each other."""
-    return 1 + zlib.crc32(f"{name}:{os.getpid()}".encode()) % 230
+    """A ROS_DOMAIN_ID per test module and process that no other node on this machine is using, so
+    parallel runs (other modules, other people's tests) do not hear each other."""
+    return free_domain_id(random.Random(f"{name}:{os.getpid()}"))
 
 
 def ros_env(domain_id: int) -> dict:
@@ -202,9 +204,15 @@ def straight_trajectory(x: float, y: float, v: float, stamp: float, n: int = 40)
 # Tests of the harness itself
 
 
-def test_domain_ids_differ_between_modules_and_stay_in_range():
-    ids = {domain_id_for(f"tests.test_nodes_{k}") for k in range(20)}
-    assert len(ids) >= 18 and all(1 <= i <= 230 for i in ids)
+def test_a_free_domain_is_free_and_a_used_one_is_seen(tmp_path):
+    domain = domain_id_for(__name__ + ".free")
+    assert DOMAIN_ID_RANGE[0] <= domain <= DOMAIN_ID_RANGE[1]
+    assert not domain_in_use(domain)
+    probe = Probe(domain, name="occupant")
+    try:
+        assert domain_in_use(domain)
+    finally:
+        probe.close()
 
 
 def test_synthetic_cloud_gives_one_vehicle():

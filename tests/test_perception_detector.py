@@ -203,6 +203,8 @@ def test_network_shapes_and_empty_cloud():
 
 def test_config_validation_names_the_problem(tmp_path):
     assert load_detector_config(DEFAULT_PARAM_FILE).version_hash() == DetectorConfig().version_hash()
+    gpu = load_detector_config(DEFAULT_PARAM_FILE.with_name("detector_gpu.param.yaml"))
+    assert gpu.voxel.grid_size == (512, 512, 1) and gpu.out_stride == 2
     with pytest.raises(DataError, match="unknown class"):
         config_from_dict({"classes": ["vehicle", "truckk"]})
     with pytest.raises(DataError, match="unknown parameter"):
@@ -303,3 +305,18 @@ def test_benchmarks_report_their_numbers(tmp_path):
     save_model(tmp_path, PillarCenterNet(config), config)
     det = bench_detector(tmp_path, n_points=20000, runs=2)
     assert det["p99_ms"] >= det["p50_ms"] > 0 and det["pillars"] > 0 and det["weights"] == str(tmp_path)
+
+
+def test_detect_batch_equals_one_cloud_at_a_time():
+    config = small_config(decode={"score_threshold": 0.0, "max_detections": 20})
+    torch.manual_seed(3)
+    detector = LidarDetector(config, PillarCenterNet(config), device="cpu")
+    rng = np.random.default_rng(8)
+    clouds = [synthetic_scene(rng).points, synthetic_scene(rng, n_vehicles=1).points]
+    batched = detector.detect_batch(clouds, stamp=4.5)
+    assert set(detector.last_timing_ms) >= {"voxelize", "network", "decode", "total"}
+    for cloud, boxes in zip(clouds, batched):
+        single = detector.detect(cloud)
+        np.testing.assert_allclose(boxes.center, single.center, atol=1e-4)
+        np.testing.assert_allclose(boxes.score, single.score, atol=1e-5)
+        assert boxes.stamp == 4.5

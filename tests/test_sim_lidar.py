@@ -363,3 +363,63 @@ def test_explicit_channel_elevations(tmp_path):
         LidarConfig(channels=4, channel_elevations_deg=(-2.0, -1.0))
     with pytest.raises(DataError, match="ascending"):
         LidarConfig(channels=2, channel_elevations_deg=(1.0, -1.0))
+
+
+def _moving_scene(k: int):
+    """Actors and an ego that move every tick, so a cast that read another tick's state would differ."""
+    from sim.bench_lidar import random_scene
+    actors, scenery = random_scene(40, 30, seed=5)
+    shift = np.array([0.7 * k, -0.3 * k, 0.0])
+    moved = Boxes(actors.center + shift, actors.size, actors.yaw + 0.05 * k, actors.label, ids=actors.ids)
+    ego = EgoState(x=0.4 * k, y=0.1 * k, yaw=0.03 * k, z=0.0)
+    return ego, moved, scenery
+
+
+@pytest.mark.parametrize("compensate", [False, True])
+def test_background_casts_equal_a_serial_sweep_bit_for_bit(compensate):
+    """With cast_threads = 2 a tick's share is cast by a worker while the caller goes on (and even
+    overwrites its actor arrays); the frames must equal, bit for bit, one thread's, and the raw
+    sweep must equal the parts cast one by one with ``scan_partial`` from that tick's state."""
+    frames = {}
+    for threads in (1, 2):
+        lidar = Lidar(LidarConfig(cast_threads=threads), seed=7)
+        spinning = SpinningLidar(lidar, tick_s=0.03, motion_compensate=compensate)  # 307.2 columns a tick
+        out = []
+        for k in range(1, 15):
+            ego, actors, scenery = _moving_scene(k)
+            out.append(spinning.tick(0.03 * k, ego, actors, scenery))
+            actors.center[:] = 1e3  # the caller reuses its arrays: the pending cast must not see this
+        spinning.close()
+        lidar.close()
+        frames[threads] = out
+    assert [f is None for f in frames[1]] == [f is None for f in frames[2]]
+    assert sum(f is not None for f in frames[2]) == 4
+    for a, b in zip(frames[1], frames[2]):
+        if a is not None:
+            assert np.array_equal(a.points, b.points) and np.array_equal(a.labels, b.labels)
+            assert np.array_equal(a.actor_ids, b.actor_ids) and a.stamp == b.stamp
+    if not compensate:  # the first revolution, rebuilt from the same calls to scan_partial
+        lidar = Lidar(LidarConfig(cast_threads=1), seed=7)
+        parts, done = [], 0
+        for k in range(1, 5):
+            ego, actors, scenery = _moving_scene(k)
+            end = min(1024, int(math.floor(k * 307.2 + 1e-6)))
+            parts.append(lidar.scan_partial(done, end, ego, actors, scenery))
+            done = end
+        assert np.array_equal(np.concatenate([p.points for p in parts]), frames[2][3].points)
+        assert np.array_equal(np.concatenate([p.actor_ids for p in parts]), frames[2][3].actor_ids)
+
+
+def test_split_scan_equals_single_thread_scan():
+    from sim.bench_lidar import random_scene
+    actors, scenery = random_scene(50, 40, seed=2)
+    pose = (0.5, -0.2, 1.8, 0.02, -0.03, 0.4)
+    one = Lidar(LidarConfig(cast_threads=1), seed=3).scan(pose, actors, scenery, 0.0)
+    three = Lidar(LidarConfig(cast_threads=3), seed=3)
+    split = three.scan(pose, actors, scenery, 0.0)
+    three.close()
+    assert len(one) > 30000
+    assert np.array_equal(one.points, split.points) and np.array_equal(one.labels, split.labels)
+    assert np.array_equal(one.actor_ids, split.actor_ids)
+    with pytest.raises(DataError, match="cast_threads"):
+        LidarConfig(cast_threads=0)
