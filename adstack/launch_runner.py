@@ -110,6 +110,16 @@ def start_graph(graph: str, params_by_node: dict, out: Path, env: dict) -> dict[
 PLANNER_HZ = 10.0
 
 
+def check_route(routes: str, route_id: str) -> None:
+    """Fail before starting six processes: the route file must parse and hold ``route_id``."""
+    from hdmap.routes import load_routes
+
+    ids = [str(spec.id) for spec in load_routes(routes)]
+    if route_id not in ids:
+        sample = ", ".join(ids[:8]) + (" ..." if len(ids) > 8 else "")
+        raise UserError(f"no route with id {route_id!r} (ids: {sample})", routes)
+
+
 def sim_params(args, common: dict, out: Path) -> dict[str, dict]:
     """Per-node parameters of ``launch sim``.
 
@@ -162,6 +172,7 @@ def run(args) -> int:
     if args.graph == "sim":
         if not args.routes or not args.route_id:
             raise UserError("launch sim needs --routes and --route-id")
+        check_route(args.routes, str(args.route_id))
         common = {"routes": str(Path(args.routes).resolve()), "route_id": str(args.route_id),
                   "map": args.map or "", "map_dirs": ",".join(str(Path(d).resolve()) for d in args.map_dir)}
         params.update(sim_params(args, common, out))
@@ -201,4 +212,10 @@ def run(args) -> int:
         result_path.write_text(json.dumps(result, indent=2))
         print(f"route {result.get('route_id')}: {result.get('status')}: driving score {result.get('driving_score', 0):.2f}, "
               f"completion {result.get('route_completion', 0):.2f}%, penalty {result.get('infraction_penalty', 1):.3f}")
+        print(f"  driven {result.get('distance_driven_m', 0):.0f} m in {result.get('simulated_s', 0):.1f} s simulated, "
+              f"{result.get('wall_s', 0):.1f} s wall; late commands {result.get('late_commands', 0)}; "
+              f"wrote {out}/result.json, log.mcap, bev.png")
+        from sim.drive import STATUS_AGENT_CRASHED, STATUS_SETUP_FAILED, STATUS_SIM_CRASHED
+        if result.get("status") in (STATUS_AGENT_CRASHED, STATUS_SETUP_FAILED, STATUS_SIM_CRASHED):
+            code = code or 1  # as `adstack drive`: a route that could not be driven is a non-zero exit
     return code

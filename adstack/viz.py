@@ -307,8 +307,19 @@ def serve_ros_graph(view: LiveView, domain_id: int | None = None, should_stop=la
         xy = np.array([[p.pose.position.x, p.pose.position.y] for p in msg.poses], dtype=np.float64).reshape(-1, 2)
         view.publish_route(rc.time_to_sec(msg.header.stamp), xy, force=True)
 
-    node.create_subscription(msg_class("PointCloud2"), topics.LIDAR_POINTS, on_cloud, sensor_qos())
-    node.create_subscription(msg_class("Odometry"), topics.KINEMATIC_STATE, on_odom, sensor_qos())
+    # Clouds and odometry: subscribed once a publisher shows up, reliably if every publisher is (the sim
+    # bridge), else best effort (a lidar driver): a best-effort subscription loses most multi-MB clouds.
+    pending = {topics.LIDAR_POINTS: ("PointCloud2", on_cloud), topics.KINEMATIC_STATE: ("Odometry", on_odom)}
+
+    def subscribe_when_published():
+        from rclpy.qos import ReliabilityPolicy
+        for topic in list(pending):
+            infos = node.get_publishers_info_by_topic(topic)
+            if infos:
+                reliable = all(i.qos_profile.reliability == ReliabilityPolicy.RELIABLE for i in infos)
+                kind, callback = pending.pop(topic)
+                node.create_subscription(msg_class(kind), topic, callback, reliable_qos(2) if reliable else sensor_qos())
+
     node.create_subscription(msg_class("Path"), topics.ROUTE, on_route, latched_qos())
     try:
         node.create_subscription(msg_class("TrackedObjects"), topics.TRACKED_OBJECTS,
@@ -324,6 +335,8 @@ def serve_ros_graph(view: LiveView, domain_id: int | None = None, should_stop=la
         print(f"adstack viz: showing cloud, ego and route only ({exc})", file=sys.stderr, flush=True)
     try:
         while rclpy.ok() and not should_stop():
+            if pending:
+                subscribe_when_published()
             rclpy.spin_once(node, timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

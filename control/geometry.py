@@ -62,22 +62,3 @@ def point_at(xy: np.ndarray, s: np.ndarray, s_query: float) -> np.ndarray:
     i = int(np.clip(np.searchsorted(s, s_query, side="right") - 1, 0, len(s) - 2))
     seg_len = max(s[i + 1] - s[i], 1e-9)
     return xy[i] + (s_query - s[i]) / seg_len * (xy[i + 1] - xy[i])
-
-
-def yaw_at(xy: np.ndarray, s: np.ndarray, s_query: float) -> float:
-    if len(xy) == 1:
-        return 0.0
-    i = int(np.clip(np.searchsorted(s, s_query, side="right") - 1, 0, len(s) - 2))
-    d = xy[i + 1] - xy[i]
-    return float(np.arctan2(d[1], d[0]))
-
-
-def curvature_at(xy: np.ndarray, s: np.ndarray, s_query: float, half_window_m: float = 2.0) -> float:
-    """Signed curvature (1/m, left positive) from the heading change over a short window."""
-    if len(xy) < 3:
-        return 0.0
-    s0 = max(s_query - half_window_m, s[0])
-    s1 = min(s_query + half_window_m, s[-1])
-    if s1 - s0 < 1e-3:
-        return 0.0
-    return float(wrap_angle(yaw_at(xy, s, s1 - 1e-6) - yaw_at(xy, s, s0)) / (s1 - s0))

@@ -103,7 +103,10 @@ def actor_obstacles(actors: Boxes | None, route: RouteView, window: slice, ego_x
     if relaxed:  # deadlock: squeeze past vehicles, never closer to pedestrians
         margin = np.where(is_ped, ac.lateral_margin_pedestrian_m, RELAXED_MARGIN_M)
     half_corridor = config.ego.width_m / 2 + extent_across + margin
-    sweep = route.body_sweep[window][j].reshape(n, -1)  # the body swings out on curves
+    # On a curve the body swings out on the outer side only (lateral opposite to the curvature's sign);
+    # the inner side, where pedestrians wait at the corner, keeps the plain corridor.
+    outer = (lateral * route.curvature[window][j].reshape(n, -1)) < 0.0
+    sweep = np.where(outer, route.body_sweep[window][j].reshape(n, -1), 0.0)
     inside = (np.abs(lateral) < half_corridor[:, None] + sweep) & ~beyond
     ahead = along + extent_along[:, None] > s_front
     # Beside or behind the ego body: not ours to brake for (and a rear-ender cannot be braked away).

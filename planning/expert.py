@@ -170,7 +170,7 @@ class Expert:
         entry = route.junction_entry_s[j]
         move = (obstacles.kind == KIND_STANDING) | (obstacles.kind == KIND_CROSSING)
         move &= np.isfinite(entry) & (s_front < entry - 0.5)
-        obstacles.s = np.where(move, np.minimum(obstacles.s, np.where(move, entry, np.inf)), obstacles.s)
+        obstacles.s = np.where(move, np.minimum(obstacles.s, np.nan_to_num(entry, nan=np.inf)), obstacles.s)
 
     def _update_deadlock(self, reason: str, v: float, dt: float, s_ego: float) -> None:
         """Stopped behind actors that are not moving along with us for too long -> relaxed mode."""

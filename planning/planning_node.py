@@ -261,6 +261,8 @@ class PlanningNode(Node):
                 traj, status = self.safety.minimal_risk(ego, None, ego.stamp, "safety layer failed")
             if status.action == "minimal_risk_stop":
                 self.diag.problem("minimal_risk_stop", "; ".join(status.reasons))
+            elif status.action != "pass":  # the safety layer overruled the planner: counted by action
+                self.diag.problem(f"safety.{status.action}", "; ".join(status.reasons))
             self.diag.set_value("safety", status.action)
             if proposal is not None and status.action != "minimal_risk_stop":
                 self.last_good = proposal

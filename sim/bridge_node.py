@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adstack import topics
 from adstack.node import Diagnostics, declare_params, latched_qos, param_file, reliable_qos, run_node
 from adstack.node_io import msg_class
 from adstack.types import Command
@@ -72,6 +73,8 @@ class SimBridgeNode(Node):
         self.pub_table = self.create_publisher(msg_class("String"), "/simulation/traffic_light_table", latched_qos())
         self.pub_status = self.create_publisher(msg_class("String"), "output/status", reliable_qos())
         self.create_subscription(msg_class("Control"), "input/control_cmd", self.on_command, reliable_qos())
+        # The plans go into log.mcap as `adstack drive` logs them.
+        self.create_subscription(msg_class("Trajectory"), topics.TRAJECTORY, self.on_trajectory, reliable_qos())
         self.command = Command()
         self.pending: Command | None = None
         self.late_commands = 0
@@ -143,6 +146,15 @@ class SimBridgeNode(Node):
             return
         if self.session is not None and cmd.stamp + 1e-6 >= self.session.state.t:
             self.pending = cmd
+
+    def on_trajectory(self, msg) -> None:
+        from adstack.ros_convert import trajectory_from_msg
+        if self.session is None or self.finished:
+            return
+        try:
+            self.session.log_plan(trajectory_from_msg(msg))
+        except Exception as exc:
+            self.diag.problem("malformed_trajectory", f"{type(exc).__name__}: {exc}")
 
     def publish_state(self) -> None:
         from adstack import ros_convert as rc

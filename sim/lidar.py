@@ -443,6 +443,16 @@ def _cast(origin, rot_sensor_to_world, cos_el, sin_el, cos_az, sin_az, start_col
         local_x[p] = c * px + s * py
         local_y[p] = -s * px + c * py
         local_z[p] = pz
+    # Per column: every ray's direction and ground hit, then each primitive of the column's list
+    # against just the channels that can reach it (no per-ray scan past primitives out of its
+    # channel range), then every ray's return. Each ray still meets the primitives nearest first
+    # and skips those that cannot beat its current hit, so the result is the ray-by-ray one.
+    ray_dx = np.empty(n_channels)
+    ray_dy = np.empty(n_channels)
+    ray_dz = np.empty(n_channels)
+    ray_best = np.empty(n_channels)
+    ray_cos = np.empty(n_channels)
+    ray_prim = np.empty(n_channels, np.int64)
     for local in range(end_col - start_col):
         col = start_col + local
         row = col - out_first_col
@@ -453,23 +463,29 @@ def _cast(origin, rot_sensor_to_world, cos_el, sin_el, cos_az, sin_az, start_col
             dx = r[0, 0] * sx + r[0, 1] * sy + r[0, 2] * sz
             dy = r[1, 0] * sx + r[1, 1] * sy + r[1, 2] * sz
             dz = r[2, 0] * sx + r[2, 1] * sy + r[2, 2] * sz
-            best = math.inf
-            best_cos = 0.0
-            best_prim = -2
+            ray_dx[ch] = dx
+            ray_dy[ch] = dy
+            ray_dz[ch] = dz
+            ray_best[ch] = math.inf
+            ray_cos[ch] = 0.0
+            ray_prim[ch] = -2
             # ground plane z = ground_z + slope_x * (x - ox) + slope_y * (y - oy), seen from above
             denom = dz - ground_slope_x * dx - ground_slope_y * dy
             if denom < 0.0 and oz > ground_z:
-                best = (ground_z - oz) / denom
-                best_cos = -denom / ground_norm
-                best_prim = -1
-            for m in range(offsets[local], offsets[local + 1]):
-                p = indices[m]
-                if prim_min_dist[p] >= best:
-                    break
-                if ch < prim_ch_lo[p] or ch > prim_ch_hi[p]:
+                ray_best[ch] = (ground_z - oz) / denom
+                ray_cos[ch] = -denom / ground_norm
+                ray_prim[ch] = -1
+        for m in range(offsets[local], offsets[local + 1]):
+            p = indices[m]
+            min_dist = prim_min_dist[p]
+            c, s = prim_cos_yaw[p], prim_sin_yaw[p]
+            lx, ly, pz = local_x[p], local_y[p], local_z[p]
+            hx, hy, hz = prim_half[p, 0], prim_half[p, 1], prim_half[p, 2]
+            for ch in range(prim_ch_lo[p], prim_ch_hi[p] + 1):
+                best = ray_best[ch]
+                if min_dist >= best:
                     continue
-                c, s = prim_cos_yaw[p], prim_sin_yaw[p]
-                lx, ly, pz = local_x[p], local_y[p], local_z[p]
+                dx, dy, dz = ray_dx[ch], ray_dy[ch], ray_dz[ch]
                 ux = c * dx + s * dy
                 uy = -s * dx + c * dy
                 t_near = -math.inf
@@ -478,11 +494,11 @@ def _cast(origin, rot_sensor_to_world, cos_el, sin_el, cos_az, sin_az, start_col
                 hit = True
                 for axis in range(3):
                     if axis == 0:
-                        pos, u, h = lx, ux, prim_half[p, 0]
+                        pos, u, h = lx, ux, hx
                     elif axis == 1:
-                        pos, u, h = ly, uy, prim_half[p, 1]
+                        pos, u, h = ly, uy, hy
                     else:
-                        pos, u, h = pz, dz, prim_half[p, 2]
+                        pos, u, h = pz, dz, hz
                     if abs(u) < 1e-12:
                         if abs(pos) > h:
                             hit = False
@@ -502,9 +518,11 @@ def _cast(origin, rot_sensor_to_world, cos_el, sin_el, cos_az, sin_az, start_col
                         break
                 # a sensor inside a primitive sees nothing of it (t_near <= 0)
                 if hit and t_near > 0.0 and t_near < best:
-                    best = t_near
-                    best_cos = near_cos
-                    best_prim = p
+                    ray_best[ch] = t_near
+                    ray_cos[ch] = near_cos
+                    ray_prim[ch] = p
+        for ch in range(n_channels):
+            best, best_cos, best_prim = ray_best[ch], ray_cos[ch], ray_prim[ch]
             out_range[row, ch] = -1.0
             out_intensity[row, ch] = 0.0
             if best_prim >= 0:
@@ -662,11 +680,10 @@ class Lidar:
             center, half, yaw = np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0)
             material, label, actor_id = np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int64)
         key = np.uint64(self.rng.integers(0, 2**63, dtype=np.int64))
-        cos_yaw, sin_yaw = np.cos(yaw), np.sin(yaw)
-        bounds = _primitive_bounds(center, half, cos_yaw, sin_yaw, origin, np.ascontiguousarray(rot.T), cfg.columns,
-                                   cfg.range_max_m, self.elevation_rad)
-        return (origin, rot, center, half, cos_yaw, sin_yaw, material, label, actor_id, ground_z,
-                float(ground_slope[0]), float(ground_slope[1]), key, bounds)
+        # the culling bounds are computed by the first thread that casts a chunk of this job ([None]
+        # until then; two threads computing them at once get the same arrays)
+        return (origin, rot, center, half, np.cos(yaw), np.sin(yaw), material, label, actor_id, ground_z,
+                float(ground_slope[0]), float(ground_slope[1]), key, [None])
 
     def _cast_columns(self, job: tuple, start_col: int, end_col: int, buffers: tuple, first_col: int = 0) -> None:
         """Cast columns [start_col, end_col) of a prepared job into ``buffers`` (row = column -
@@ -674,7 +691,11 @@ class Lidar:
         cfg = self.config
         cpu_start = time.thread_time()
         origin, rot, center, half, cos_yaw, sin_yaw, material, label, actor_id, ground_z, slope_x, slope_y, key, \
-            (lo, hi, min_dist, ch_lo, ch_hi, order) = job
+            bounds = job
+        if bounds[0] is None:
+            bounds[0] = _primitive_bounds(center, half, cos_yaw, sin_yaw, origin, np.ascontiguousarray(rot.T),
+                                          cfg.columns, cfg.range_max_m, self.elevation_rad)
+        lo, hi, min_dist, ch_lo, ch_hi, order = bounds[0]
         offsets, indices = _column_lists(lo, hi, order, cfg.columns, start_col, end_col)
         out_range, out_intensity, out_label, out_actor = buffers
         _cast(origin, rot, self._cos_el, self._sin_el, self._cos_az, self._sin_az, start_col, end_col,
@@ -715,10 +736,6 @@ class Lidar:
 
 # Casts are queued in chunks of this many columns (1/8 revolution) that any thread may take.
 CHUNK_COLUMNS = 128
-# How long the caller waits for a chunk a background thread holds before casting it itself, as a
-# multiple of the recent time per chunk: on a loaded machine that thread may wait milliseconds for
-# a core, and the caller should not wait with it.
-STEAL_AFTER_CHUNK_TIMES = 1.5
 
 _QUEUED, _RUNNING, _DONE = range(3)
 
@@ -726,19 +743,18 @@ _QUEUED, _RUNNING, _DONE = range(3)
 class _CastQueue:
     """Chunks of prepared casts that the lidar's background threads and the caller take in turn.
 
-    A background thread casts a chunk into arrays of its own and hands them over when done; the
-    caller (``finish``) casts every chunk nobody has started straight into the output, copies the
-    finished ones over, and casts again any chunk a background thread is still holding after a
-    short wait (the late result is then dropped). Every ray's result depends only on its column
-    and the cast's inputs, so the outcome is the same whoever casts which chunk."""
+    Background threads take chunks from the back of the queue and cast each into arrays of their
+    own; the caller (``finish``) takes them from the front, straight into the output, then copies
+    what the background threads finished and casts again, at once, any chunk one of them still
+    holds (its late result is dropped). The caller never waits for another thread: on a loaded
+    machine that thread may wait milliseconds for a core. Every ray's result depends only on its
+    column and the cast's inputs, so the outcome is the same whoever casts which chunk."""
 
     def __init__(self, lidar: "Lidar"):
         self.lidar = lidar
         self.lock = threading.Lock()
-        self._changed = threading.Condition(self.lock)
         self._queued: deque = deque()
         self._taken: list = []  # chunks background threads took: [state, job, start, end, buffers, result]
-        self._chunk_s = 2e-4  # running mean wall time per chunk on the caller's thread
         self._error: BaseException | None = None
 
     def put(self, job: tuple, start_col: int, end_col: int, buffers: tuple) -> None:
@@ -756,7 +772,7 @@ class _CastQueue:
             with self.lock:
                 if not self._queued:
                     return
-                chunk = self._queued.popleft()
+                chunk = self._queued.pop()
                 chunk[0] = _RUNNING
                 self._taken.append(chunk)
             _, job, start, end, _, _ = chunk
@@ -766,15 +782,13 @@ class _CastQueue:
                 self.lidar._cast_columns(job, start, end, out, start)
             except BaseException as exc:  # re-raised on the caller's thread by finish()
                 with self.lock:
-                    self._error = exc
-                    chunk[0] = _DONE
-                    self._changed.notify_all()
+                    if chunk[0] == _RUNNING:
+                        self._error = exc
                 continue
             with self.lock:
                 if chunk[0] == _RUNNING:  # not cast again by the caller meanwhile
                     chunk[5] = out
                     chunk[0] = _DONE
-                    self._changed.notify_all()
 
     def finish(self) -> None:
         """Complete every queued cast on this thread (with whatever the background threads finished)."""
@@ -785,27 +799,22 @@ class _CastQueue:
                     chunk[0] = _DONE
             if chunk is None:
                 break
-            started = time.perf_counter()
             self.lidar._cast_columns(chunk[1], chunk[2], chunk[3], chunk[4])
-            self._chunk_s += 0.2 * (time.perf_counter() - started - self._chunk_s)
         with self.lock:
             taken, self._taken = self._taken, []
-        for chunk in taken:
-            with self.lock:
-                if chunk[0] == _RUNNING:
-                    self._changed.wait_for(lambda: chunk[0] != _RUNNING, STEAL_AFTER_CHUNK_TIMES * self._chunk_s)
-                late = chunk[0] == _RUNNING
-                chunk[0] = _DONE
-            _, job, start, end, buffers, result = chunk
-            if late:  # its thread has no core: cast it here
-                self.lidar._cast_columns(job, start, end, buffers)
-            elif result is not None:
-                for target, part in zip(buffers, result):
-                    target[start:end] = part
-        with self.lock:
+            late = [chunk[0] == _RUNNING for chunk in taken]
+            for chunk in taken:
+                chunk[0] = _DONE  # from now on a late background result is dropped
             error, self._error = self._error, None
         if error is not None:
             raise error
+        for chunk, again in zip(taken, late):
+            _, job, start, end, buffers, result = chunk
+            if again:  # its thread is still at it (or has no core): cast it here
+                self.lidar._cast_columns(job, start, end, buffers)
+            else:
+                for target, part in zip(buffers, result):
+                    target[start:end] = part
 
 def ray_buffers(config: LidarConfig) -> tuple:
     """Per-ray outputs over a whole revolution, (column, channel): range (-1: no return),

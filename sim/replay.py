@@ -8,10 +8,16 @@ Per cloud, in bag order, the same rules as the ROS 2 nodes (perception/lidar_nod
 fusion/tracking_node.py), so the in-process replay and the graph replay give the same outputs:
 
 1. decode and validate the PointCloud2 (NaN/Inf points dropped and counted, empty clouds allowed);
-2. drop a cloud whose stamp is not after the previous one's;
-3. take the odometry sample *nearest in time* to the cloud's stamp (not interpolated, because the
+2. take the odometry sample *nearest in time* to the cloud's stamp (not interpolated, because the
    lidar node does exactly this), dropping the cloud when none lies within ``max_pose_age_s``;
-4. detect (sensor frame -> map frame with that pose), then track.
+3. drop a cloud whose stamp is not after the last accepted one's (a jump back of more than a few
+   seconds is a new run: accepted, and the tracker starts afresh);
+4. detect (sensor frame -> map frame with that pose), then track the detections as the tracking
+   node receives them (through the DetectedObjects message).
+
+With ``graph="ros2"`` the lidar_detector and tracker nodes run as processes and get the same clouds
+over DDS in lockstep (:class:`GraphStack`); the in-process stack runs alongside and the report says
+whether every frame came out the same.
 
 Outputs: ``OUT/replay.mcap`` (detections and tracks with marker arrays, and the input clouds,
 odometry, /tf, ground truth and route passed through on the stack's standard topics),
@@ -66,7 +72,7 @@ class ReplayOptions:
     graph: str = "inprocess"         # inprocess | ros2
     viz: bool = False
     viz_port: int = 8765
-    domain_id: int | None = None     # ros2: ROS_DOMAIN_ID (default: random)
+    domain_id: int | None = None     # ros2: ROS_DOMAIN_ID (default: a free random one)
     node_timeout_s: float = 30.0     # ros2: wait for the nodes to start / answer one cloud
     overwrite: bool = True
     progress: bool = True
@@ -198,11 +204,10 @@ class GroundTruth:
             return None
         a, b = self.frames[hi - 1], self.frames[hi]
         w = (t - a.stamp) / (b.stamp - a.stamp)
-        near, far = (a, b) if w <= 0.5 else (b, a)
-        ids_a = np.where(a.ids >= 0, a.ids, -1)
-        common, ia, ib = np.intersect1d(ids_a[ids_a >= 0], b.ids[b.ids >= 0], return_indices=True)
-        ia = np.flatnonzero(ids_a >= 0)[ia]
-        ib = np.flatnonzero(b.ids >= 0)[ib]
+        near = a if w <= 0.5 else b
+        known_a, known_b = np.flatnonzero(a.ids >= 0), np.flatnonzero(b.ids >= 0)
+        common, ia, ib = np.intersect1d(a.ids[known_a], b.ids[known_b], return_indices=True)
+        ia, ib = known_a[ia], known_b[ib]
         both = Boxes(a.center[ia] * (1 - w) + b.center[ib] * w, a.size[ia],
                      a.yaw[ia] + w * _wrap(b.yaw[ib] - a.yaw[ia]), a.label[ia], a.score[ia],
                      a.velocity[ia] * (1 - w) + b.velocity[ib] * w, common, a.frame_id, t)
@@ -343,38 +348,6 @@ class InProcessStack:
 # The stack as the ROS 2 graph
 
 
-# Fast DDS shares same-host samples through shared-memory segments of 512 KB by default; a best-effort
-# sample larger than that (a 60k-point labelled cloud is 1.5 MB) is then mostly lost between processes
-# (measured here: 0-3 of 20 100k-point clouds arrived at sensor QoS; 20 of 20 with this profile).
-# UDP, for discovery, stays on the loopback interface.
-FASTDDS_LARGE_DATA_PROFILE = """<?xml version="1.0" encoding="UTF-8" ?>
-<profiles xmlns="http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles">
-  <transport_descriptors>
-    <transport_descriptor>
-      <transport_id>adstack_shm</transport_id>
-      <type>SHM</type>
-      <segment_size>33554432</segment_size>
-    </transport_descriptor>
-    <transport_descriptor>
-      <transport_id>adstack_udp</transport_id>
-      <type>UDPv4</type>
-      <interfaceWhiteList><address>127.0.0.1</address></interfaceWhiteList>
-    </transport_descriptor>
-  </transport_descriptors>
-  <participant profile_name="adstack_large_data" is_default_profile="true">
-    <rtps>
-      <userTransports>
-        <transport_id>adstack_shm</transport_id>
-        <transport_id>adstack_udp</transport_id>
-      </userTransports>
-      <useBuiltinTransports>false</useBuiltinTransports>
-    </rtps>
-  </participant>
-</profiles>
-"""
-PROFILE_ENV = "FASTRTPS_DEFAULT_PROFILES_FILE"
-
-
 class GraphStack:
     """The ``lidar_detector`` and ``tracker`` nodes of launch/graph.yaml as separate processes, fed
     in lockstep over DDS: publish the odometry up to the cloud's stamp + ``max_pose_age_s`` and the
@@ -389,11 +362,10 @@ class GraphStack:
 
     def __init__(self, model: str, node_cfg, out: Path, domain_id: int | None = None, timeout_s: float = 30.0):
         import os
-        import random
         import subprocess
 
         from adstack.launch_graph import all_nodes
-        from adstack.launch_runner import node_command
+        from adstack.launch_runner import free_domain_id, node_command
         from adstack.node_io import msg_class
 
         try:
@@ -404,7 +376,7 @@ class GraphStack:
             raise UserError(f"--graph ros2 needs rclpy and the Autoware message types: {exc}") from None
         self.node_cfg = node_cfg
         self.timeout_s = timeout_s
-        self.domain_id = domain_id if domain_id is not None else random.Random().randint(1, 200)
+        self.domain_id = domain_id if domain_id is not None else free_domain_id()
         specs = {n.name: n for n in all_nodes()}
         self.specs = {name: specs[name] for name in self.NODES}
         log_dir = Path(out) / "nodes"
@@ -412,14 +384,12 @@ class GraphStack:
         env = dict(os.environ)
         env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
         env["ROS_DOMAIN_ID"] = str(self.domain_id)
-        self.profile = None
-        if PROFILE_ENV not in os.environ:   # the user's own Fast DDS profile wins
-            self.profile = log_dir / "fastdds_large_data.xml"
-            self.profile.write_text(FASTDDS_LARGE_DATA_PROFILE)
-            env[PROFILE_ENV] = str(self.profile.resolve())
         params = {"lidar_detector": {"model": str(Path(model).resolve()) if Path(model).is_dir() else model}}
-        if hasattr(node_cfg, "reliable_input"):   # a replay may not lose a cloud: reliable subscription
-            params["lidar_detector"]["reliable_input"] = "true"
+        if hasattr(node_cfg, "reliable_input"):
+            # A replay may not lose a cloud. At sensor QoS (best effort) Fast DDS lost most 1.6 MB
+            # clouds between two processes here (0-5 of 20; 20 of 20 reliable or with 32 MB
+            # shared-memory segments); a lost one would cost a resend each.
+            params["lidar_detector"]["reliable_input"] = True
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen] = {}
         for name, spec in self.specs.items():
@@ -441,12 +411,9 @@ class GraphStack:
         from adstack.node import reliable_qos
         from adstack.node_io import msg_class
 
-        # Fast DDS reads both from this process's environment when it creates the first participant
-        # (so the profile applies only if this process has not used ROS 2 before).
-        saved = {k: os.environ.get(k) for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", PROFILE_ENV)}
+        # Fast DDS reads the discovery range from this process's environment.
+        saved = {"ROS_AUTOMATIC_DISCOVERY_RANGE": os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE")}
         os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-        if self.profile is not None:
-            os.environ[PROFILE_ENV] = str(self.profile.resolve())
         try:
             self.context = rclpy.Context()
             rclpy.init(context=self.context, domain_id=self.domain_id)
@@ -527,19 +494,19 @@ class GraphStack:
             self.executor.spin_once(timeout_sec=0.005)
 
     def _resend_after_s(self) -> float:
-        """How long to wait for a cloud's detections before sending it again. Large best-effort
-        samples do get lost between processes (the lidar node subscribes with sensor QoS); a resend
-        that crosses a slow answer is harmless, as the node drops a repeated stamp."""
+        """How long to wait for a cloud's detections before sending it again (a node that subscribes
+        best effort, or dropped the cloud for want of a pose). A resend that crosses a slow answer is
+        harmless: the node drops a repeated stamp."""
         typical = float(np.median(self.answer_s[-20:])) if self.answer_s else 1.0
         return min(2.0, max(0.3, 3.0 * typical))
 
     def process(self, cloud: PointCloud, poses: PoseBuffer) -> tuple[Boxes, Boxes, dict]:
         stamp_ns = int(round(cloud.stamp * 1e9))
-        t0 = time.perf_counter()
         if self.n_poses_sent < len(poses.up_to(cloud.stamp + self.node_cfg.max_pose_age_s)):
             self.send_poses(cloud, poses)   # the caller did not
         # The node's executor serves a waiting cloud before waiting odometry: let the odometry land first.
         self._spin_for(self.POSE_HEAD_START_S - (time.monotonic() - self.poses_sent_at))
+        t0 = time.perf_counter()   # latency: cloud published -> objects back
         self._send_cloud(cloud)
         deadline = time.monotonic() + self.timeout_s
         next_resend = time.monotonic() + self._resend_after_s()
@@ -702,7 +669,9 @@ def replay(opts: ReplayOptions) -> dict:
         view = None
         if opts.viz:
             from adstack.viz import LiveView
-            view = LiveView(port=opts.viz_port)
+            view = LiveView(port=opts.viz_port, mount_xyz_yaw=(node_cfg.mount_x_m, node_cfg.mount_y_m,
+                                                               node_cfg.mount_z_m, node_cfg.mount_yaw_rad))
+            print(f"replay: live view on {view.url} (Foxglove app: Open connection)", file=sys.stderr, flush=True)
         tmp_bag = out / ".replay.bag"
         writer = BagWriter(tmp_bag, overwrite=True)
         try:

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graph", default="inprocess", choices=["inprocess", "ros2"],
                         help="inprocess: call the cores; ros2: the lidar_detector and tracker nodes over DDS, "
                              "checked against the in-process result")
-    parser.add_argument("--domain-id", type=int, default=None, help="ros2: ROS_DOMAIN_ID (default: random 1-200)")
+    parser.add_argument("--domain-id", type=int, default=None, help="ros2: ROS_DOMAIN_ID (default: a random one no other node here uses)")
     parser.add_argument("--viz", action="store_true", help="serve the replay live to Foxglove on 127.0.0.1")
     parser.add_argument("--viz-port", type=int, default=8765)
     parser.add_argument("--quiet", action="store_true")

@@ -7,6 +7,12 @@ test_perception_detector_train.py.
 
 from __future__ import annotations
 
+import os
+
+# Passive OpenMP waiting, set before torch loads: with spinning threads a busy shared machine made
+# the training test 10x slower (see perception/detector/__init__.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import json
 
 import numpy as np
@@ -69,7 +75,8 @@ def small_config(**overrides) -> DetectorConfig:
             "pillar_channels": 16,
             "backbone": {"layer_nums": [1, 1, 1], "layer_strides": [2, 2, 2], "num_filters": [16, 32, 32],
                          "upsample_strides": [1, 2, 4], "num_upsample_filters": [16, 16, 16]},
-            "head": {"shared_channels": 16}}
+            "head": {"shared_channels": 16},
+            "torch_threads": 1}  # one thread: no waiting on a descheduled second thread on a busy machine
     for key, value in overrides.items():
         data.setdefault(key, {}).update(value) if isinstance(value, dict) else data.__setitem__(key, value)
     return config_from_dict(data)

@@ -3,6 +3,12 @@ command writes a complete model directory, and bad input is a clear error."""
 
 from __future__ import annotations
 
+import os
+
+# Passive OpenMP waiting, set before torch loads: with spinning threads a busy shared machine made
+# the training test 10x slower (see perception/detector/__init__.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
 

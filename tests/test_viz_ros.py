@@ -27,7 +27,7 @@ def test_viz_ros_forwards_cloud_and_odometry(tmp_path):
     import rclpy
 
     from adstack import ros_convert as rc
-    from adstack.node import sensor_qos
+    from adstack.node import reliable_qos, sensor_qos
     from adstack.node_io import msg_class
 
     port, domain = free_port(), random.Random(os.getpid() + 1).randint(100, 230)
@@ -51,9 +51,11 @@ def test_viz_ros_forwards_cloud_and_odometry(tmp_path):
         os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
         rclpy.init(context=context, domain_id=domain)
         node = rclpy.create_node("viz_test_publisher", context=context)
-        cloud_pub = node.create_publisher(msg_class("PointCloud2"), topics.LIDAR_POINTS, sensor_qos())
+        # A reliable cloud publisher (as the sim bridge) with 1.6 MB clouds, which a best-effort
+        # subscription would mostly lose; best-effort odometry (as a driver), which it must still match.
+        cloud_pub = node.create_publisher(msg_class("PointCloud2"), topics.LIDAR_POINTS, reliable_qos(2))
         odom_pub = node.create_publisher(msg_class("Odometry"), topics.KINEMATIC_STATE, sensor_qos())
-        points = np.arange(400, dtype=np.float32).reshape(-1, 4)
+        points = np.arange(400_000, dtype=np.float32).reshape(-1, 4)
         client.sock.settimeout(0.2)
         got: dict[int, bytes] = {}
         deadline = time.monotonic() + 30
