@@ -140,11 +140,14 @@ def sim_params(args, common: dict, out: Path) -> dict[str, dict]:
     sync = max(0.0, float(args.sync_timeout))
     planner = {**common, "planner": args.planner, "planner_hz": PLANNER_HZ, "use_ground_truth_objects": ground_truth,
                "odometry_timeout_s": 0.0, "sync_timeout_s": sync}
+    # Each waits longer than the stage before it, so a late input is waited out where it is missing.
     controller = {"odometry_timeout_s": 0.0, "sync_trajectory_period_s": 1.0 / PLANNER_HZ if sync > 0 else 0.0,
-                  "sync_timeout_s": sync if sync > 0 else 1.0}
-    params = {"sim_bridge": bridge, "map_server": dict(common), "planner": planner, "controller": controller}
+                  "sync_timeout_s": sync + 1.0}
+    bridge["command_timeout_s"] = max(2.0, sync + 3.0)
+    params = {"sim_bridge": bridge, "map_server": dict(common), "planner": planner, "controller": controller,
+              "tracker": {"input_timeout_s": 0.0}}
     # Ground truth: the detector idles (no subscriptions). Lidar: every cloud, reliably, as in the loop.
-    params["lidar_detector"] = {"enabled": False} if ground_truth else {"reliable_input": True}
+    params["lidar_detector"] = {"enabled": False} if ground_truth else {"reliable_input": True, "input_timeout_s": 0.0}
     return params
 
 

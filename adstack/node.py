@@ -325,6 +325,11 @@ def run_node(node_cls, args: list[str] | None = None, **kwargs) -> int:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # SIGINT shuts the context down; a callback running at that instant fails to publish
+        # ("publisher's context is invalid"). That is a clean stop, not a crash.
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             node.destroy_node()

@@ -1,9 +1,15 @@
-"""Message classes for the node graph, resolved once (rclpy message types; Autoware's are built by
-scripts/build_msgs.sh into the venv, or come from apt on a ROS 2 install)."""
+"""What the stage nodes share at their boundary: the message classes of the node graph, resolved once
+(rclpy message types; Autoware's are built by scripts/build_msgs.sh into the venv, or come from apt on
+a ROS 2 install), and the checks every input passes before a core sees it (ROS-free: they work on
+the converted adstack values)."""
 
 from __future__ import annotations
 
-from adstack.ros_convert import RclpyFactory
+import math
+
+import numpy as np
+
+from adstack.ros_convert import MalformedMessage, RclpyFactory
 
 TYPES = {
     "PointCloud2": "sensor_msgs/msg/PointCloud2",
@@ -29,12 +35,6 @@ def msg_class(short_name: str):
 # A message that converts is not yet a message a core may see: NaN/Inf, absurd sizes, a wrong frame
 # or a stamp from the past would poison a Kalman filter or a planner for good. Each check raises
 # MalformedMessage(kind, ...) with a short ``kind`` that the node counts on /diagnostics.
-
-import math  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from adstack.ros_convert import MalformedMessage  # noqa: E402
 
 MAX_OBJECTS = 2_000  # far more than any sensor sees around a car; more is garbage
 MAX_TRAJECTORY_POINTS = 10_000

@@ -7,7 +7,8 @@ objects are removed; each kind of problem is logged once and counted on /diagnos
 
 from __future__ import annotations
 
-from adstack.node import Diagnostics, StageTimer, declare_params, param_file, reliable_qos, run_node
+from adstack.node import (Diagnostics, StageTimer, StalenessWatchdog, declare_params, now_s, param_file, reliable_qos,
+                          run_node)
 from adstack.node_io import MAX_OBJECTS, ReceivedCounter, StampGuard, check_sequence_length, clean_boxes, msg_class
 from fusion.tracker import MultiObjectTracker, TrackerConfig
 
@@ -23,6 +24,7 @@ class TrackingNode(Node):
         self.params = declare_params(self, TrackerConfig, param_file("fusion", "tracker"))
         # Node-side settings that are not the tracker core's (TrackerConfig stays ROS-free).
         period_s = self.declare_parameter("diagnostics_period_s", 1.0).value
+        self.input_timeout_s = float(self.declare_parameter("input_timeout_s", 0.5).value)  # 0: off
         self.core = MultiObjectTracker(self.params)
         self.diag = Diagnostics(self, "tracking", period_s=period_s)
         self.timer = StageTimer(self)
@@ -30,10 +32,22 @@ class TrackingNode(Node):
         self.received = ReceivedCounter(self.diag)
         self.pub = self.create_publisher(msg_class("TrackedObjects"), "output/objects", reliable_qos())
         self.create_subscription(msg_class("DetectedObjects"), "input/objects", self.on_objects, reliable_qos())
+        self.watchdog = StalenessWatchdog({"objects": self.input_timeout_s}, start=now_s(self))
+        self.reported_silence = False
+        if self.input_timeout_s > 0:
+            self.create_timer(min(0.1, self.input_timeout_s / 2), self.check_silence)
+
+    def check_silence(self) -> None:
+        """No detections (good or bad) for ``input_timeout_s``: reported once per silence, on /diagnostics."""
+        if self.watchdog.stale(now_s(self)) and not self.reported_silence:
+            self.reported_silence = True
+            self.diag.problem("stale_input.objects", f"no detections for {self.input_timeout_s:g} s", level=2)
 
     def on_objects(self, msg) -> None:
         from adstack.ros_convert import MalformedMessage, boxes_from_objects, tracked_objects_to_msg
         self.received("objects")
+        self.watchdog.feed("objects", now_s(self))
+        self.reported_silence = False
         topic = "input/objects"
         try:
             check_sequence_length(msg, "objects", MAX_OBJECTS, topic)

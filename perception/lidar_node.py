@@ -1,8 +1,11 @@
 """Lidar detection node: PointCloud2 (sensor frame) in, DetectedObjects (map frame) out.
 
 Every cloud is validated at the boundary (field layout, truncation, NaN/Inf, empty, absurd size):
-a bad one is reported on /diagnostics (each kind logged once) and dropped, never fatal. Detections
-are placed in the map frame with the kinematic state nearest in time to the cloud's stamp.
+a bad one is reported on /diagnostics (each kind logged once) and dropped, never fatal; so are
+repeated or older stamps and malformed kinematic states. Detections are placed in the map frame with
+the kinematic state nearest in time to the cloud's stamp; a cloud newer than every kinematic state so
+far waits for the next one (the two come on different topics, in either order), so the graph uses the
+same pose as the in-process loop.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from adstack.node import Diagnostics, StageTimer, declare_params, param_file, reliable_qos, run_node, sensor_qos
+from adstack.node import (Diagnostics, StageTimer, StalenessWatchdog, declare_params, now_s, param_file, reliable_qos,
+                          run_node, sensor_qos)
 from adstack.node_io import ReceivedCounter, StampGuard, check_ego, msg_class
 
 try:
@@ -36,6 +40,7 @@ class LidarNodeConfig:
     # true: subscribe to clouds reliably (bag replay, tests: every cloud, however big, arrives; a
     # best-effort sensor driver does not match it). false: best effort, as sensor data goes.
     reliable_input: bool = False
+    input_timeout_s: float = 0.5  # node clock: no cloud this long -> stale_input.pointcloud (0: off)
 
 
 class LidarDetectionNode(Node):
@@ -48,6 +53,7 @@ class LidarDetectionNode(Node):
         self.cloud_order = StampGuard()
         self.pose_order = StampGuard()
         self.received = ReceivedCounter(self.diag)
+        self.waiting_cloud = None  # a cloud that came before the kinematic state of its stamp
         self.perception = None
         if self.params.enabled:
             from perception.pipeline import LidarPerception, make_detector
@@ -61,6 +67,11 @@ class LidarDetectionNode(Node):
             # Reliable, as Autoware's /localization/kinematic_state: a lost pose costs a whole cloud.
             self.create_subscription(msg_class("Odometry"), "input/kinematic_state", self.on_odometry,
                                      reliable_qos(ODOMETRY_QOS_DEPTH))
+            timeout = self.params.input_timeout_s
+            self.watchdog = StalenessWatchdog({"pointcloud": timeout}, start=now_s(self))
+            self.reported_silence = False
+            if timeout > 0:
+                self.create_timer(min(0.1, timeout / 2), self.check_silence)
 
     def on_odometry(self, msg) -> None:
         from adstack.ros_convert import MalformedMessage, ego_from_odometry
@@ -81,10 +92,26 @@ class LidarDetectionNode(Node):
             self.diag.problem("odometry_clock_jump_back", "kinematic state stamps jumped back: a new run")
             self.poses.clear()
         self.poses.append(ego)
+        cloud = self.waiting_cloud
+        if cloud is not None and ego.stamp >= cloud.stamp:
+            self.waiting_cloud = None
+            pose = self.pose_near(cloud.stamp)
+            if pose is None:
+                self.diag.problem("no_pose", "no kinematic state near the cloud's stamp: dropped")
+            else:
+                self.detect(cloud, pose)
+
+    def check_silence(self) -> None:
+        """No cloud (good or bad) for ``input_timeout_s``: reported once per silence, on /diagnostics."""
+        if self.watchdog.stale(now_s(self)) and not self.reported_silence:
+            self.reported_silence = True
+            self.diag.problem("stale_input.pointcloud", f"no cloud for {self.params.input_timeout_s:g} s", level=2)
 
     def on_cloud(self, msg) -> None:
-        from adstack.ros_convert import MalformedMessage, decode_pointcloud2, detected_objects_to_msg
+        from adstack.ros_convert import MalformedMessage, decode_pointcloud2
         self.received("pointcloud")
+        self.watchdog.feed("pointcloud", now_s(self))
+        self.reported_silence = False
         try:
             cloud, dropped = decode_pointcloud2(msg, max_points=self.params.max_points, allow_empty=True,
                                                 topic="input/pointcloud")
@@ -96,10 +123,26 @@ class LidarDetectionNode(Node):
             return
         if dropped:
             self.diag.problem("nonfinite_points", f"{dropped} NaN/Inf points dropped")
-        pose = min(self.poses, key=lambda e: abs(e.stamp - cloud.stamp), default=None)
-        if pose is None or abs(pose.stamp - cloud.stamp) > self.params.max_pose_age_s:
+        newest = self.poses[-1].stamp if self.poses else -float("inf")
+        if cloud.stamp > newest:  # the kinematic state of its stamp is still on its way (another topic)
+            if self.waiting_cloud is not None:
+                self.diag.problem("no_pose", "no kinematic state near the cloud's stamp: dropped")
+            self.waiting_cloud = cloud
+            return
+        pose = self.pose_near(cloud.stamp)
+        if pose is None:
             self.diag.problem("no_pose", "no kinematic state near the cloud's stamp: dropped")
             return
+        self.detect(cloud, pose)
+
+    def pose_near(self, stamp: float):
+        pose = min(self.poses, key=lambda e: abs(e.stamp - stamp), default=None)
+        if pose is None or abs(pose.stamp - stamp) > self.params.max_pose_age_s:
+            return None
+        return pose
+
+    def detect(self, cloud, pose) -> None:
+        from adstack.ros_convert import detected_objects_to_msg
         order = self.cloud_order.check(cloud.stamp)
         if order in ("duplicate_stamp", "out_of_order_stamp"):
             self.diag.problem(order, f"cloud stamped {cloud.stamp:.3f} after {self.cloud_order.last:.3f}: dropped")

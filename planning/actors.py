@@ -31,6 +31,7 @@ KIND_STANDING = 1  # in the path, standing or moving across
 KIND_CROSSING = 2  # predicted to enter the path
 KIND_ADJACENT = 3  # in the next lane just ahead, about as fast as the ego: do not creep up beside it
 
+EXIT_CROSSING_LOOKAHEAD_S = 4.0  # pedestrians that reach the junction's exit crossing within this also count
 RELAXED_MARGIN_M = 0.1  # deadlock mode: lateral margin to vehicles
 RELAXED_MIN_GAP_M = 1.0  # deadlock mode: standstill gap to vehicles
 
@@ -186,3 +187,30 @@ def _dist2(points: np.ndarray, path: np.ndarray) -> np.ndarray:
 
 def _min_dist2(points: np.ndarray, path: np.ndarray) -> np.ndarray:
     return np.maximum(_dist2(points, path).min(axis=1), 0.0)
+
+
+def pedestrians_crossing_near(actors: Boxes | None, route: RouteView, window: slice, s_lo: float, s_hi: float,
+                              max_lateral_m: float, moving_speed_mps: float) -> np.ndarray:
+    """Ids of pedestrians on or at the route between arc lengths s_lo and s_hi that are crossing
+    it (walking across, not along) or standing on the road within the corridor."""
+    if actors is None or len(actors) == 0:
+        return np.zeros(0, np.int64)
+    peds = (actors.label == int(ObjectClass.PEDESTRIAN)) & np.isfinite(actors.center[:, :2]).all(axis=1)
+    if not peds.any():
+        return np.zeros(0, np.int64)
+    path, tangent, normal, s_path = route.path[window], route.tangent[window], route.normal[window], route.s[window]
+    vel = np.nan_to_num(actors.velocity[peds])
+    speed = np.hypot(vel[:, 0], vel[:, 1])
+    near = np.zeros(len(speed), dtype=bool)
+    # Where they are now and where they will be by the time the ego could be through the junction.
+    for horizon_s in (0.0, EXIT_CROSSING_LOOKAHEAD_S):
+        xy = actors.center[peds, :2] + vel * horizon_s
+        j = np.argmin(_dist2(xy, path), axis=1)
+        rel = xy - path[j]
+        along = s_path[j] + np.einsum("ij,ij->i", rel, tangent[j])
+        lateral = np.einsum("ij,ij->i", rel, normal[j])
+        across = np.abs(np.einsum("ij,ij->i", vel, normal[j])) > 0.5 * speed  # walking more across than along
+        crossing = (speed > moving_speed_mps) & across & (np.abs(lateral) < max_lateral_m)
+        standing_on_road = (speed <= moving_speed_mps) & (np.abs(lateral) < route.config.ego.width_m / 2 + 1.0)
+        near |= (along > s_lo) & (along < s_hi) & (crossing | standing_on_road)
+    return actors.ids[np.flatnonzero(peds)[near]]

@@ -19,13 +19,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from adstack.types import Boxes, EgoState, ObjectClass, TrafficLight, Trajectory
-from planning.actors import KIND_ADJACENT, KIND_CROSSING, KIND_LEADER, KIND_STANDING, actor_obstacles
+from planning.actors import (KIND_ADJACENT, KIND_CROSSING, KIND_LEADER, KIND_STANDING, actor_obstacles,
+                             pedestrians_crossing_near)
 from planning.expert_config import ExpertConfig
 from planning.lane_change import LaneChanges
 from planning.route_view import RouteView
 from planning.signals import StopSigns, light_stop_lines
 from planning.speed_profile import simulate
 
+JUNCTION_LOOKAHEAD_M = 30.0  # look this far ahead for the next junction to clear before entering it
 _KIND_NAMES = {KIND_LEADER: "leader", KIND_STANDING: "in_path", KIND_CROSSING: "yield", KIND_ADJACENT: "adjacent"}
 
 
@@ -101,6 +103,10 @@ class Expert:
             return np.where(d <= d_acc, t_in_acc, t_acc + (d - d_acc) / v_top)
 
         obstacles = actor_obstacles(actors, route, window, ego_xy, s_front, rear, arrival_time, cfg, relaxed, v)
+        if not relaxed:
+            for s_hold, ped_id in self._exit_crossing_holds(actors, window, s_front):
+                stop_s.append(s_hold)
+                stop_why.append(f"yield:{ped_id}")
         if not relaxed:  # in deadlock mode creep towards the conflict instead
             self._wait_at_junction_entry(obstacles, s_front)
         self._stop_off_crossings(obstacles, s_front)
@@ -147,6 +153,21 @@ class Expert:
         return traj
 
     # ------------------------------------------------------------------ helpers
+    def _exit_crossing_holds(self, actors, window, s_front: float) -> list[tuple[float, int]]:
+        """Do not enter a junction while pedestrians cross where the route leaves it: the ego would
+        have to stop inside the junction, in the way of cross traffic. Wait at the entry instead."""
+        runs = self.route.junction_runs
+        ahead = runs[(runs[:, 0] > s_front - 0.5) & (runs[:, 0] < s_front + JUNCTION_LOOKAHEAD_M)]
+        if len(ahead) == 0:
+            return []
+        entry, exit_ = ahead[0]
+        band = self.config.actors.crossing_band_m
+        ac = self.config.actors
+        ids = pedestrians_crossing_near(actors, self.route, window, exit_ - band - 1.0, exit_ + band,
+                                        self.config.ego.width_m / 2 + ac.lateral_margin_pedestrian_m + ac.kerb_zone_m,
+                                        ac.moving_speed_mps)
+        return [(float(entry), int(ids[0]))] if len(ids) else []
+
     def _stop_off_crossings(self, obstacles, s_front: float) -> None:
         """A stop for a pedestrian must not leave the bumper on a crossing, where the next
         pedestrian would walk into the standing car: stop before the crossing band instead."""

@@ -59,6 +59,7 @@ class RouteView:
         # Where pedestrians cross: SUMO (netconvert --crossings.guess) puts crossings at the rim of
         # each junction, where the route enters and leaves it; the map has no crosswalks of its own.
         band = config.actors.crossing_band_m
+        self.junction_runs = np.column_stack([self.s[run_start], self.s[run_end]]) if len(run_start) else np.zeros((0, 2))
         self.crossing_bands = np.array([(s0 - 1.0, s0 + band) for s0 in self.s[run_start]]
                                        + [(s1 - band, s1 + 1.0) for s1 in self.s[run_end]]).reshape(-1, 2)
 

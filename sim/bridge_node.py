@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from adstack import topics
-from adstack.node import Diagnostics, declare_params, latched_qos, param_file, reliable_qos, run_node
+from adstack.node import Diagnostics, declare_params, latched_qos, param_file, reliable_qos
 from adstack.node_io import msg_class
 from adstack.types import Command
 

@@ -190,7 +190,6 @@ def _received(probe, name: str, input_name: str) -> int:
 
 
 def test_ten_thousand_malformed_messages_per_input_topic_then_sane_output(graph):
-    from autoware_control_msgs.msg import Control
     from autoware_perception_msgs.msg import DetectedObjects, TrackedObjects, TrafficLightGroupArray
     from autoware_planning_msgs.msg import Trajectory as TrajectoryMsg
     from nav_msgs.msg import Odometry

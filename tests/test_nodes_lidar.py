@@ -34,12 +34,16 @@ def running(tmp_path_factory):
         clouds = probe.publisher(PointCloud2, topics.LIDAR_POINTS)
         odom = probe.publisher(Odometry, topics.KINEMATIC_STATE)
         outputs = probe.collect(DetectedObjects, topics.DETECTED_OBJECTS)
+        from std_msgs.msg import Float64
+        timing = {name: probe.collect(Float64, f"/{NODE}/debug/{name}")
+                  for name in ("processing_time_ms", "pipeline_latency_ms")}
         assert probe.wait_matched(clouds) and probe.wait_matched(odom), node.log()
         assert probe.wait_diagnostics(NODE), node.log()
         # Poses for 10.0 .. 11.0 s, one at a time: the node's odometry queue is a short best-effort one.
         for k in range(11):
             odom.publish(odometry(EGO_X, EGO_Y, 0.0, 5.0, 10.0 + 0.1 * k))
             probe.spin_for(0.03)
+        probe.timing = timing
         yield node, probe, clouds, outputs
     finally:
         node.stop()
@@ -89,8 +93,11 @@ def test_good_cloud_gives_detections_in_the_map_stamped_with_the_cloud(running):
     assert msg.header.frame_id == "map" and len(msg.objects) == 1
     p = msg.objects[0].kinematics.pose_with_covariance.pose.position
     assert abs(p.x - (EGO_X + 10.25)) < 1.0 and abs(p.y - EGO_Y) < 1.0
-    # processing time and pipeline latency are published per node
-    assert probe.spin_until(lambda: "detections" in probe.values(NODE), 10.0)
+    # processing time and pipeline latency are published per node, one of each per processed cloud
+    assert probe.spin_until(lambda: all(probe.timing.values()), 10.0)
+    processing_ms = probe.timing["processing_time_ms"][-1].data
+    assert 0.0 < processing_ms < 60_000.0 and np.isfinite(probe.timing["pipeline_latency_ms"][-1].data)
+    assert probe.spin_until(lambda: probe.values(NODE).get("detections") == "1", 10.0)
 
 
 def test_malformed_repeated_empty_and_huge_clouds_are_survived_counted_and_logged_once(running):
@@ -153,3 +160,15 @@ def test_malformed_repeated_empty_and_huge_clouds_are_survived_counted_and_logge
     assert len(by_stamp[10.1].objects) == 1 and len(by_stamp[10.3].objects) == 0 and len(by_stamp[10.5].objects) == 1
     level = probe.diagnostics[NODE].level
     assert (level[0] if isinstance(level, bytes) else int(level)) in (0, 1, 2)
+
+
+def test_a_silent_cloud_input_is_reported_and_the_node_recovers(running):
+    node, probe, clouds, outputs = running
+    clouds.publish(cloud_msg(synthetic_cloud_points(), 10.8))
+    assert _wait_output(probe, outputs, 10.8), node.log()
+    before = probe.counts(NODE).get("stale_input.pointcloud", 0)
+    # No cloud for longer than input_timeout_s (0.5 s): one more silence episode on /diagnostics.
+    assert probe.wait_count(NODE, "stale_input.pointcloud", before + 1, 10.0), probe.counts(NODE)
+    clouds.publish(cloud_msg(synthetic_cloud_points(), 10.9))
+    assert _wait_output(probe, outputs, 10.9), node.log()
+    assert len(node.log_lines_with("]: stale_input.pointcloud: ")) == 1 and node.alive()

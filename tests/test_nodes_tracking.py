@@ -93,3 +93,12 @@ def test_a_clock_jump_back_is_a_new_run(running):
     assert probe.wait_count(NODE, "clock_jump_back", 1, 10.0), probe.counts(NODE)
     assert _send_and_wait(probe, pub, outputs, _moving(2.1)), node.log()
     assert node.alive()
+
+
+def test_silent_detections_are_reported_and_tracking_resumes(running):
+    node, probe, pub, outputs = running
+    assert _send_and_wait(probe, pub, outputs, _moving(60.0)), node.log()
+    before = probe.counts(NODE).get("stale_input.objects", 0)
+    assert probe.wait_count(NODE, "stale_input.objects", before + 1, 10.0), probe.counts(NODE)
+    assert _send_and_wait(probe, pub, outputs, _moving(60.1)), node.log()
+    assert len(node.log_lines_with("]: stale_input.objects: ")) == 1 and node.alive()

@@ -410,16 +410,23 @@ def test_background_casts_equal_a_serial_sweep_bit_for_bit(compensate):
         assert np.array_equal(np.concatenate([p.actor_ids for p in parts]), frames[2][3].actor_ids)
 
 
-def test_split_scan_equals_single_thread_scan():
+def test_chunks_cast_by_any_thread_equal_one_cast():
+    """The chunk queue (3 threads: two background, the caller) fills the ray buffers exactly as one
+    cast of all columns does, whoever casts which chunk."""
+    from sim.lidar import ray_buffers
     from sim.bench_lidar import random_scene
     actors, scenery = random_scene(50, 40, seed=2)
     pose = (0.5, -0.2, 1.8, 0.02, -0.03, 0.4)
-    one = Lidar(LidarConfig(cast_threads=1), seed=3).scan(pose, actors, scenery, 0.0)
-    three = Lidar(LidarConfig(cast_threads=3), seed=3)
-    split = three.scan(pose, actors, scenery, 0.0)
-    three.close()
-    assert len(one) > 30000
-    assert np.array_equal(one.points, split.points) and np.array_equal(one.labels, split.labels)
-    assert np.array_equal(one.actor_ids, split.actor_ids)
+    lidar = Lidar(LidarConfig(cast_threads=3), seed=3)
+    job = lidar._prepare(pose, actors, scenery, 0.0, (0.0, 0.0))
+    one, split = ray_buffers(lidar.config), ray_buffers(lidar.config)
+    lidar._cast_columns(job, 0, 1024, one)
+    for _ in range(3):
+        lidar._cast_split(job, 0, 1024, split)
+        assert all(np.array_equal(a, b) for a, b in zip(one, split))
+    queue = lidar._queue
+    lidar.close()
+    assert (one[0] >= 0).sum() > 30000
+    assert queue.chunks_cast_here + queue.chunks_from_background == 3 * 1024 // 128
     with pytest.raises(DataError, match="cast_threads"):
         LidarConfig(cast_threads=0)

@@ -266,3 +266,14 @@ def test_background_lidar_thread_changes_no_bit_of_the_world(town01, tmp_path):
     for a, b in zip(frames_a, frames_b):
         assert np.array_equal(a.lidar.points, b.lidar.points) and np.array_equal(a.lidar.actor_ids, b.lidar.actor_ids)
     assert all(np.array_equal(a.actors.center, b.actors.center) for a, b in zip(states_a, states_b))
+
+
+def test_bench_sim_reports_the_issue_numbers():
+    """`adstack bench sim --json` prints these keys (sim.bench.bench_sim); values from a short run."""
+    from sim.bench import bench_sim
+    result = bench_sim(seconds=0.5, vehicles=20, pedestrians=20)
+    assert result["ticks"] == 10 and result["lidar_frames"] == 5
+    for key in ("realtime_factor", "cpu_realtime_factor", "lidar_ms_per_frame", "lidar_cast_cpu_ms_per_frame",
+                "main_thread_cpu_ms_per_tick"):
+        assert result[key] > 0, key
+    assert len(result["loadavg"]) == 3 and result["mean_points_per_frame"] > 10000
