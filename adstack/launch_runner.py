@@ -22,6 +22,8 @@ from adstack.launch_graph import load_graph
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--viz", action="store_true",
+                        help="serve the graph live to Foxglove on 127.0.0.1:8765 (adstack viz --ros)")
     parser.add_argument("graph", choices=["stack", "sim"], help="which graph of launch/graph.yaml to start")
     parser.add_argument("--map", default=None, help="sim: map name or .xodr (default: the route's town)")
     parser.add_argument("--map-dir", action="append", default=[], help="sim: where to find <Town>.xodr")
@@ -181,6 +183,10 @@ def run(args) -> int:
         params.update(sim_params(args, common, out))
         (out / "result.json").unlink(missing_ok=True)  # a result left from an earlier run is not this one's
     procs = start_graph(args.graph, params, out, env)
+    if getattr(args, "viz", False):  # the live view is an observer: its failure never stops the graph
+        viz_log = open(out / "viz.log", "w")
+        procs["viz"] = subprocess.Popen([sys.executable, "-m", "adstack.cli", "viz", "--ros"], env=env,
+                                        stdout=viz_log, stderr=subprocess.STDOUT, start_new_session=True)
     print(f"adstack launch {args.graph}: {len(procs)} nodes on ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']} "
           f"(logs in {out}/<node>.log)", file=sys.stderr)
     started = time.monotonic()
@@ -192,7 +198,7 @@ def run(args) -> int:
             if args.graph == "sim" and "sim_bridge" in dead:
                 code = dead["sim_bridge"]
                 break
-            crashed = {n: c for n, c in dead.items() if n != "sim_bridge"}
+            crashed = {n: c for n, c in dead.items() if n not in ("sim_bridge", "viz")}
             if crashed:
                 print(f"adstack launch: node(s) exited early: {crashed}; see their logs in {out}", file=sys.stderr)
                 code = 1

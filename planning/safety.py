@@ -29,9 +29,9 @@ class SafetyConfig:
     ego_length_m: float = 4.9
     ego_width_m: float = 2.0
     ego_center_offset_m: float = 1.35  # trajectory points are the rear axle; box centre this far ahead
-    discs_per_vehicle: int = 3
-    lateral_margin_m: float = 0.3
-    stop_margin_m: float = 2.0
+    discs_per_vehicle: int = 4
+    lateral_margin_m: float = 0.1
+    stop_margin_m: float = 1.0
     check_horizon_s: float = 4.0
     stop_decel_mps2: float = 3.0  # controlled stop (minimal-risk manoeuvre)
     emergency_decel_mps2: float = 8.0

@@ -50,6 +50,7 @@ class DriveOptions:
     bev: bool = True
     progress: bool = True
     planner_hz: float = 10.0
+    safety: bool = True  # the safety layer checks every plan, as the planning node does
     log_lidar_hz: float = 1.0  # full clouds are ~1.6 MB each: log a subset of the 10 Hz sweeps
     log_objects_hz: float = 2.0  # ground truth, detections, lights and the planned trajectory
     log_state_hz: float = 10.0  # odometry and commands
@@ -227,6 +228,7 @@ class RouteSession:
         self.lidar_period_s = 1.0 / opts.log_lidar_hz if opts.log_lidar_hz > 0 else math.inf
         self.next_lidar_log_t = 0.0
         self.timing: dict = {}
+        self.extra: dict = {}  # more fields for result.json (e.g. how often the safety layer acted)
         try:
             self.state = self.world.reset((float(rear[0]), float(rear[1]), start_yaw, 0.0))
             self.scorer = scorer_from_hdmap(hdmap, route, self.variant, start_t=self.state.t, route_id=spec.id,
@@ -318,6 +320,7 @@ class RouteSession:
             "variant": getattr(self.variant, "name", opts.variant),
             "seed": opts.seed, "planner": opts.planner, "perception": opts.perception,
             "leaderboard_record": route_record(scored),
+            **self.extra,
             **(extra or {}),
         }
         if self.failure_message:
@@ -344,6 +347,11 @@ def _drive_loaded(opts, spec, hdmap, route, out: Path, progress: Progress, wall0
             perception = LidarPerception.default()
         planner = make_planner(opts.planner, hdmap, route)
         controller = Controller()
+        safety = None
+        last_good = None
+        if opts.safety:
+            from planning.safety import SafetyConfig, SafetyLayer
+            safety = SafetyLayer(SafetyConfig.load())
         if opts.viz:
             from adstack.viz import LiveView
             view = LiveView()
@@ -365,6 +373,13 @@ def _drive_loaded(opts, spec, hdmap, route, out: Path, progress: Progress, wall0
                     traceback.print_exc(limit=3, file=sys.stderr)
                     exit_code = 1
                     break
+                if safety is not None:  # the same composition as the planning node
+                    proposal = trajectory
+                    trajectory, safety_status = safety.check(state.ego, proposal, objects, state.t, None, last_good)
+                    if proposal is not None and safety_status.action != "minimal_risk_stop":
+                        last_good = proposal
+                    actions = session.extra.setdefault("safety_actions", {})
+                    actions[safety_status.action] = actions.get(safety_status.action, 0) + 1
                 session.log_plan(trajectory)
             if view is not None:
                 view.publish_state(state.t, state.ego, state.lidar, objects, trajectory, route.path)

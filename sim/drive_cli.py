@@ -20,6 +20,8 @@ def add_drive_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vehicles", type=int, default=None, help="SUMO vehicles (default: world config)")
     parser.add_argument("--pedestrians", type=int, default=None, help="SUMO pedestrians (default: world config)")
     parser.add_argument("--no-log", action="store_true", help="do not write log.mcap")
+    parser.add_argument("--no-safety", action="store_true",
+                        help="run the planner without the safety layer (the planning node always uses it)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +40,8 @@ def options_from_args(args, route_id: str, out: str):
                         map_dirs=args.map_dir, planner=args.planner, perception=args.perception,
                         seconds=args.seconds, seed=args.seed, variant=args.variant, lidar=not args.no_lidar,
                         vehicles=args.vehicles, pedestrians=args.pedestrians, log=not args.no_log,
-                        progress=not getattr(args, "quiet", False), viz=getattr(args, "viz", False))
+                        progress=not getattr(args, "quiet", False),
+                        safety=not getattr(args, "no_safety", False), viz=getattr(args, "viz", False))
 
 
 def run(args) -> int:
