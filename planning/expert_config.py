@@ -30,7 +30,7 @@ class IdmConfig:
     time_headway_s: float = 1.2
     accel_exponent: float = 4.0
     min_gap_vehicle_m: float = 3.0  # bumper to bumper, standing behind a vehicle
-    min_gap_pedestrian_m: float = 5.0  # wide enough to keep the bumper off the crossing they walk on
+    min_gap_pedestrian_m: float = 3.0
     min_gap_stop_line_m: float = 0.5  # front bumper to the stop line
 
 
@@ -63,7 +63,7 @@ class ActorConfig:
     crossing_band_m: float = 4.0  # pedestrian crossings: this deep inside a junction's rim on the route
     kerb_zone_m: float = 2.0  # pedestrians this close to the corridor's edge ...
     kerb_lookahead_m: float = 40.0  # ... and this far ahead at most ...
-    kerb_speed_mps: float = 3.0  # ... are passed at most this fast
+    kerb_speed_mps: float = 4.0  # ... are passed at most this fast
 
 
 @dataclass
