@@ -64,6 +64,15 @@ def test_train_command_writes_a_loadable_model(dataset, tmp_path):
     detector = LidarDetector.from_dir(tmp_path / "model", device="cpu")
     assert detector.config.train.epochs == 1
     assert isinstance(detector.detect(np.zeros((100, 4), np.float32)).center, np.ndarray)
+    # Continue from those weights; a model of another configuration cannot be the start.
+    args = _parse(["detector", "--data", str(dataset), "--out", str(tmp_path / "again"), "--epochs", "1",
+                   "--config", str(config_path), "--device", "cpu", "--init", str(tmp_path / "model"),
+                   "--learning-rate", "0.0005"])
+    assert train_cli.run(args) == 0
+    assert json.loads((tmp_path / "again" / "metrics.json").read_text())["init"] == str(tmp_path / "model")
+    with pytest.raises(UserError, match="configuration differs"):
+        train_cli.run(_parse(["detector", "--data", str(dataset), "--out", str(tmp_path / "m"), "--epochs", "1",
+                              "--init", str(tmp_path / "model")]))  # default (larger) configuration
 
 
 def test_train_command_rejects_bad_input(dataset, tmp_path):

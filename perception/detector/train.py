@@ -22,7 +22,7 @@ from adstack.types import Boxes, ObjectClass
 from perception.dataset import Frame, ShardDataset, ShardOrderSampler, augment_frame
 from perception.detector.config import DEFAULT_PARAM_FILE, DetectorConfig, load_detector_config
 from perception.detector.export import export_torchscript
-from perception.detector.model import (METRICS_FILE, TORCHSCRIPT_FILE, LidarDetector, save_model,
+from perception.detector.model import (METRICS_FILE, TORCHSCRIPT_FILE, LidarDetector, load_model, save_model,
                                        select_device)
 from perception.detector.network import PillarCenterNet, count_parameters
 from perception.detector.targets import build_targets, detection_loss
@@ -87,8 +87,11 @@ def evaluate_detector(detector: LidarDetector, dataset: ShardDataset, max_frames
 
 
 def train(data_dir: str | Path, out_dir: str | Path, config: DetectorConfig, device: str = "auto",
-          max_frames: int | None = None, log=print) -> dict:
-    """Train, save, export and evaluate; returns the metrics written to ``metrics.json``."""
+          max_frames: int | None = None, init_dir: str | Path | None = None, log=print) -> dict:
+    """Train, save, export and evaluate; returns the metrics written to ``metrics.json``.
+
+    ``init_dir``: start from that model's weights (its configuration must match) instead of random ones.
+    """
     t = config.train
     device_ = select_device(device)
     torch.manual_seed(t.seed)
@@ -109,7 +112,14 @@ def train(data_dir: str | Path, out_dir: str | Path, config: DetectorConfig, dev
     loader = torch.utils.data.DataLoader(train_set, batch_size=t.batch_size, sampler=sampler, collate_fn=collate,
                                          num_workers=t.num_workers, drop_last=False,
                                          persistent_workers=t.num_workers > 0)
-    network = PillarCenterNet(config).to(device_)
+    network = PillarCenterNet(config)
+    if init_dir is not None:
+        init_config, state = load_model(init_dir)
+        if init_config.version_hash() != config.version_hash():
+            raise UserError("--init model's configuration differs from the one being trained "
+                            "(network, grid or classes); pass its config.yaml with --config", init_dir)
+        network.load_state_dict(state)
+    network = network.to(device_)
     optimizer = torch.optim.AdamW(network.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
     steps = t.epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t.learning_rate, total_steps=max(steps, 1),
@@ -159,7 +169,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: DetectorConfig, dev
     metrics.update({"train_frames": len(train_set), "parameters": count_parameters(network),
                     "train_seconds": time.perf_counter() - started, "device": str(device_),
                     "loss_per_step": history, "data": str(Path(data_dir).resolve()),
-                    "version_hash": config.version_hash()})
+                    "version_hash": config.version_hash(), "init": None if init_dir is None else str(init_dir)})
     if val_set is not None:
         detector = LidarDetector(config, network, device=str(device_), fp16=False)
         metrics["val"] = evaluate_detector(detector, val_set)
@@ -182,6 +192,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="override train.batch_size")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     parser.add_argument("--max-frames", type=int, default=None, help="train on at most this many frames (quick runs)")
+    parser.add_argument("--init", default=None, help="start from this model directory's weights (same configuration)")
+    parser.add_argument("--learning-rate", type=float, default=None, help="override train.learning_rate")
 
 
 def run(args) -> int:
@@ -194,5 +206,9 @@ def run(args) -> int:
         if args.batch_size < 1:
             raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
         config.train.batch_size = args.batch_size
-    train(args.data, args.out, config, device=args.device, max_frames=args.max_frames)
+    if args.learning_rate is not None:
+        if args.learning_rate <= 0:
+            raise UserError(f"--learning-rate must be positive, got {args.learning_rate}")
+        config.train.learning_rate = args.learning_rate
+    train(args.data, args.out, config, device=args.device, max_frames=args.max_frames, init_dir=args.init)
     return 0
