@@ -41,7 +41,9 @@ def _launch_and_drive(tmp_path, route_id: str, extra: list[str]):
 
 def test_launch_sim_drives_in_lockstep_and_scores_like_the_in_process_drive(tmp_path):
     drive, launch, proc = _launch_and_drive(tmp_path, "1", ["--seconds", "5", "--vehicles", "10", "--pedestrians", "5"])
-    assert set(drive) <= set(launch)  # the same record, plus the graph's own fields
+    # The same record, plus the graph's own fields; how often the safety layer acted is counted by the
+    # in-process loop in result.json and by the planning node on /diagnostics.
+    assert set(drive) - {"safety_actions"} <= set(launch)
     assert launch["graph"].startswith("ros2") and launch["node_exit_codes"] == {
         "sim_bridge": 0, "map_server": 0, "lidar_detector": 0, "tracker": 0, "planner": 0, "controller": 0}
     assert launch["status"] == drive["status"] == "Stopped - --seconds 5 reached"
