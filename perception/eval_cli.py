@@ -41,7 +41,10 @@ def labelled_frames(data: str | Path, split: str = "val") -> Iterator[tuple]:
         dataset = ShardDataset(data, split)
         for i in range(len(dataset)):
             frame = dataset.frame(i)
-            yield f"{split}/{i:06d}", frame.points, frame.boxes, None
+            boxes = frame.boxes
+            if frame.box_num_points is not None:  # nuScenes counts only boxes that some lidar point hits
+                boxes = boxes.select(np.asarray(frame.box_num_points) >= 1)
+            yield f"{split}/{i:06d}", frame.points, boxes, None
         return
     for frame in find_labelled_frames(data):
         yield frame.name, load_scan(frame.scan_path, frame.scan_format), frame.load_ground_truth(), frame.in_labelled_region
