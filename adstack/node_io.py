@@ -61,6 +61,32 @@ def check_ego(ego, topic: str | None = None):
     return ego
 
 
+def receive_odometry(node, msg, order, kind_prefix: str = "odometry_"):
+    """Decode and check one kinematic state for a stage node; every problem goes to ``node.diag``.
+
+    ``order`` is the node's stamp-order checker for this input. Returns ``(ego, jumped_back)``:
+    ``ego`` is None when the message was dropped (malformed, duplicate or out-of-order stamp);
+    ``jumped_back`` says the stamps went back (a new run), which each node handles its own way."""
+    from adstack.ros_convert import ego_from_odometry
+    node.received("kinematic_state")
+    try:
+        ego = check_ego(ego_from_odometry(msg), "input/kinematic_state")
+    except MalformedMessage as exc:
+        node.diag.problem(f"malformed_odometry.{exc.kind}", str(exc), level=2)
+        return None, False
+    except Exception as exc:
+        node.diag.problem("malformed_odometry", f"{type(exc).__name__}: {exc}", level=2)
+        return None, False
+    result = order.check(ego.stamp)
+    if result in ("duplicate_stamp", "out_of_order_stamp"):
+        node.diag.problem(f"{kind_prefix}{result}", f"kinematic state stamped {ego.stamp:.3f}: dropped")
+        return None, False
+    if result == "clock_jump_back":
+        node.diag.problem(f"{kind_prefix}clock_jump_back", "kinematic state stamps jumped back: a new run")
+        return ego, True
+    return ego, False
+
+
 def clean_boxes(boxes, topic: str | None = None, frame_id: str | None = MAP_FRAME):
     """(boxes without non-finite or implausible objects, number dropped); a wrong frame is an error.
 

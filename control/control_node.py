@@ -20,7 +20,7 @@ import numpy as np
 
 from adstack.node import (Diagnostics, StageTimer, StalenessWatchdog, declare_params, now_s, param_file, reliable_qos,
                           run_node)
-from adstack.node_io import (MAX_TRAJECTORY_POINTS, ReceivedCounter, StampGuard, check_ego, check_sequence_length,
+from adstack.node_io import (receive_odometry, MAX_TRAJECTORY_POINTS, ReceivedCounter, StampGuard, check_sequence_length,
                              check_trajectory, msg_class, new_period)
 from adstack.types import Command, EgoState
 from control import Controller, ControllerConfig
@@ -85,22 +85,10 @@ class ControlNode(Node):
             self.control(ego)
 
     def on_odometry(self, msg) -> None:
-        from adstack.ros_convert import MalformedMessage, ego_from_odometry
-        self.received("kinematic_state")
-        try:
-            ego = check_ego(ego_from_odometry(msg), "input/kinematic_state")
-        except MalformedMessage as exc:
-            self.diag.problem(f"malformed_odometry.{exc.kind}", str(exc), level=2)
+        ego, jumped_back = receive_odometry(self, msg, self.odom_order, "")
+        if ego is None:
             return
-        except Exception as exc:
-            self.diag.problem("malformed_odometry", f"{type(exc).__name__}: {exc}", level=2)
-            return
-        order = self.odom_order.check(ego.stamp)
-        if order in ("duplicate_stamp", "out_of_order_stamp"):
-            self.diag.problem(order, f"kinematic state stamped {ego.stamp:.3f}: dropped")
-            return
-        if order == "clock_jump_back":
-            self.diag.problem("clock_jump_back", "kinematic state stamps jumped back: a new run")
+        if jumped_back:
             self.trajectory = None  # the core resets itself when its time goes back
         self.watchdog.feed("kinematic_state", now_s(self))
         self.stopped_for_silence = False

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from adstack.node import (Diagnostics, StageTimer, StalenessWatchdog, declare_params, now_s, param_file, reliable_qos,
                           run_node, sensor_qos)
-from adstack.node_io import ReceivedCounter, StampGuard, check_ego, msg_class
+from adstack.node_io import receive_odometry, ReceivedCounter, StampGuard, msg_class
 
 try:
     from rclpy.node import Node
@@ -74,22 +74,10 @@ class LidarDetectionNode(Node):
                 self.create_timer(min(0.1, timeout / 2), self.check_silence)
 
     def on_odometry(self, msg) -> None:
-        from adstack.ros_convert import MalformedMessage, ego_from_odometry
-        self.received("kinematic_state")
-        try:
-            ego = check_ego(ego_from_odometry(msg), "input/kinematic_state")
-        except MalformedMessage as exc:
-            self.diag.problem(f"malformed_odometry.{exc.kind}", str(exc), level=2)
+        ego, jumped_back = receive_odometry(self, msg, self.pose_order, "odometry_")
+        if ego is None:
             return
-        except Exception as exc:
-            self.diag.problem("malformed_odometry", f"{type(exc).__name__}: {exc}", level=2)
-            return
-        order = self.pose_order.check(ego.stamp)
-        if order in ("duplicate_stamp", "out_of_order_stamp"):
-            self.diag.problem(f"odometry_{order}", f"kinematic state stamped {ego.stamp:.3f}: dropped")
-            return
-        if order == "clock_jump_back":
-            self.diag.problem("odometry_clock_jump_back", "kinematic state stamps jumped back: a new run")
+        if jumped_back:
             self.poses.clear()
         self.poses.append(ego)
         cloud = self.waiting_cloud

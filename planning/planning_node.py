@@ -26,7 +26,7 @@ import numpy as np
 from adstack import topics
 from adstack.node import (Diagnostics, StageTimer, StalenessWatchdog, declare_params, latched_qos, now_s, param_file,
                           reliable_qos, run_node)
-from adstack.node_io import (MAX_OBJECTS, ReceivedCounter, StampGuard, check_ego, check_sequence_length,
+from adstack.node_io import (receive_odometry, MAX_OBJECTS, ReceivedCounter, StampGuard, check_sequence_length,
                              check_traffic_signals, clean_boxes, msg_class, new_period)
 from adstack.types import Boxes, EgoState, TrafficLight
 from planning.safety import SafetyConfig, SafetyLayer
@@ -182,22 +182,10 @@ class PlanningNode(Node):
             self.diag.problem("malformed_light_table", f"{type(exc).__name__}: {exc}", level=2)
 
     def on_odometry(self, msg) -> None:
-        from adstack.ros_convert import MalformedMessage, ego_from_odometry
-        self.received("kinematic_state")
-        try:
-            ego = check_ego(ego_from_odometry(msg), "input/kinematic_state")
-        except MalformedMessage as exc:
-            self.diag.problem(f"malformed_odometry.{exc.kind}", str(exc), level=2)
+        ego, jumped_back = receive_odometry(self, msg, self.odom_order, "odometry_")
+        if ego is None:
             return
-        except Exception as exc:
-            self.diag.problem("malformed_odometry", f"{type(exc).__name__}: {exc}", level=2)
-            return
-        order = self.odom_order.check(ego.stamp)
-        if order in ("duplicate_stamp", "out_of_order_stamp"):
-            self.diag.problem(f"odometry_{order}", f"kinematic state stamped {ego.stamp:.3f}: dropped")
-            return
-        if order == "clock_jump_back":
-            self.diag.problem("odometry_clock_jump_back", "kinematic state stamps jumped back: a new run")
+        if jumped_back:
             self.last_plan_stamp, self.last_good, self.pending = -np.inf, None, None
         self.last_ego = ego
         self.watchdog.feed("kinematic_state", now_s(self))
