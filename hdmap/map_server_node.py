@@ -62,10 +62,8 @@ class MapServerNode(Node):
             self.diag.problem("no_route", "parameters routes and route_id are empty: nothing to serve", level=2)
             return
         try:
-            from sim.drive import DriveOptions, load_route
-            opts = DriveOptions(routes=p.routes, route_id=p.route_id, out="", map_name=p.map or None,
-                                map_dirs=[d for d in p.map_dirs.split(",") if d])
-            _, hdmap, route = load_route(opts)
+            from sim.drive import load_route_from_params
+            _, hdmap, route = load_route_from_params(p)
         except Exception as exc:
             self.diag.problem("route_setup_failed", f"{type(exc).__name__}: {exc}", level=2)
             return

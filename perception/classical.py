@@ -285,6 +285,23 @@ def cluster_bev(xyz: np.ndarray, range_m: float, cell_m: float, dilation_cells: 
 
 
 @numba.njit(cache=True)
+def _extents(xy, s, m, c, sn):
+    """Min and max of points s..s+m projected on the axes (c, sn) and (-sn, c)."""
+    min1 = 1e18
+    max1 = -1e18
+    min2 = 1e18
+    max2 = -1e18
+    for i in range(s, s + m):
+        p1 = xy[i, 0] * c + xy[i, 1] * sn
+        p2 = -xy[i, 0] * sn + xy[i, 1] * c
+        min1 = min(min1, p1)
+        max1 = max(max1, p1)
+        min2 = min(min2, p2)
+        max2 = max(max2, p2)
+    return min1, max1, min2, max2
+
+
+@numba.njit(cache=True)
 def fit_l_shapes(xy, starts, counts, angle_step, min_distance):
     """(K, 5) rectangles [cx, cy, length, width, yaw] for K clusters of sorted points.
 
@@ -304,17 +321,7 @@ def fit_l_shapes(xy, starts, counts, angle_step, min_distance):
             theta = a * angle_step
             c = np.cos(theta)
             sn = np.sin(theta)
-            min1 = 1e18
-            max1 = -1e18
-            min2 = 1e18
-            max2 = -1e18
-            for i in range(s, s + m):
-                p1 = xy[i, 0] * c + xy[i, 1] * sn
-                p2 = -xy[i, 0] * sn + xy[i, 1] * c
-                min1 = min(min1, p1)
-                max1 = max(max1, p1)
-                min2 = min(min2, p2)
-                max2 = max(max2, p2)
+            min1, max1, min2, max2 = _extents(xy, s, m, c, sn)
             score = 0.0
             for i in range(s, s + m):
                 p1 = xy[i, 0] * c + xy[i, 1] * sn
@@ -327,17 +334,7 @@ def fit_l_shapes(xy, starts, counts, angle_step, min_distance):
                 best_theta = theta
         c = np.cos(best_theta)
         sn = np.sin(best_theta)
-        min1 = 1e18
-        max1 = -1e18
-        min2 = 1e18
-        max2 = -1e18
-        for i in range(s, s + m):
-            p1 = xy[i, 0] * c + xy[i, 1] * sn
-            p2 = -xy[i, 0] * sn + xy[i, 1] * c
-            min1 = min(min1, p1)
-            max1 = max(max1, p1)
-            min2 = min(min2, p2)
-            max2 = max(max2, p2)
+        min1, max1, min2, max2 = _extents(xy, s, m, c, sn)
         m1 = 0.5 * (min1 + max1)
         m2 = 0.5 * (min2 + max2)
         cx = m1 * c - m2 * sn

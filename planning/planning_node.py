@@ -112,10 +112,8 @@ class PlanningNode(Node):
             self.diag.problem("no_route", "parameters routes and route_id are empty: commanding a stop", level=2)
             return
         try:
-            from sim.drive import DriveOptions, load_route, make_planner
-            opts = DriveOptions(routes=p.routes, route_id=p.route_id, out="", map_name=p.map or None,
-                                map_dirs=[d for d in p.map_dirs.split(",") if d])
-            _, hdmap, route = load_route(opts)
+            from sim.drive import load_route_from_params, make_planner
+            _, hdmap, route = load_route_from_params(p)
             self.planner = make_planner(p.planner, hdmap, route)
         except Exception as exc:
             self.diag.problem("route_setup_failed", f"{type(exc).__name__}: {exc}", level=2)

@@ -123,6 +123,13 @@ def load_route(opts: DriveOptions):
     return spec, hdmap, route
 
 
+def load_route_from_params(params):
+    """``load_route`` for a node whose parameters carry routes, route_id, map and comma-separated map_dirs."""
+    return load_route(DriveOptions(routes=params.routes, route_id=params.route_id, out="",
+                                   map_name=params.map or None,
+                                   map_dirs=[d for d in params.map_dirs.split(",") if d]))
+
+
 def make_planner(name: str, hdmap, route):
     if name == "expert":
         from planning.expert import Expert
