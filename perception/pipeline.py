@@ -62,8 +62,11 @@ class LidarPerception:
         return boxes
 
     def step(self, state) -> Boxes:
-        """From a sim WorldState with a fresh lidar frame."""
-        boxes = self.detect(state.lidar, state.ego)
+        """From a sim WorldState with a fresh lidar frame: placed in the map with the ego pose at the
+        frame's stamp (``lidar_ego``; the frame may arrive a tick after its sweep ended)."""
+        cloud = state.lidar
+        ego = getattr(state, "lidar_ego", None) or state.ego
+        boxes = self.detect(cloud, ego)
         if self.tracker is None:
             return boxes
-        return self.tracker.step(boxes, state.t)
+        return self.tracker.step(boxes, cloud.stamp)

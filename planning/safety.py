@@ -98,6 +98,20 @@ class SafetyLayer:
         traj = Trajectory(stop_profile(pts, v, stop_s, c.stop_decel_mps2), "map", t)
         return traj, SafetyStatus(False, "minimal_risk_stop", [reason])
 
+    def _within_reach(self, objects: Boxes, path: np.ndarray, ego_extent: float, horizon_s: float) -> Boxes:
+        """The objects whose footprint, moving at its velocity for ``horizon_s``, can reach the box
+        around ``path`` (K, >=2) grown by ``ego_extent`` and the lateral margin."""
+        lo = path[:, :2].min(axis=0)
+        hi = path[:, :2].max(axis=0)
+        # a disc reaches at most half the length plus its radius from the object's centre
+        n = max(1, self.config.discs_per_vehicle)
+        obj_extent = 0.5 * objects.size[:, 0] + np.hypot(objects.size[:, 0] / (2 * n), objects.size[:, 1] / 2)
+        travel = np.hypot(objects.velocity[:, 0], objects.velocity[:, 1]) * max(horizon_s, 0.0)
+        grow = (ego_extent + obj_extent + travel + self.config.lateral_margin_m)[:, None]
+        xy = objects.center[:, :2]
+        near = np.all((xy >= lo - grow) & (xy <= hi + grow), axis=1)
+        return objects if near.all() else objects.select(near)
+
     def check(self, ego: EgoState, proposal: Trajectory | None, objects: Boxes | None, t: float,
               stale_inputs: list[str] | None = None, last_good: Trajectory | None = None) -> tuple[Trajectory, SafetyStatus]:
         c = self.config
@@ -116,15 +130,24 @@ class SafetyLayer:
         centre = p[:, :2] + c.ego_center_offset_m * np.column_stack([np.cos(p[:, 2]), np.sin(p[:, 2])])
         ego_discs, ego_r = _discs(centre, p[:, 2], np.full(len(p), c.ego_length_m), np.full(len(p), c.ego_width_m),
                                   c.discs_per_vehicle)  # (K,n,2), (K,)
+        # Broad phase: only objects that can come within reach of the checked path inside the horizon
+        # (the path's bounding box grown by the ego's and the object's extents and the distance the
+        # object covers by the last checked time). Most of a town's actors are far away; the
+        # disc test below is K x M x n x n.
+        ego_extent = abs(c.ego_center_offset_m) + float(ego_r[0]) + 0.5 * c.ego_length_m  # path point -> farthest disc edge
+        objects = self._within_reach(objects, p, ego_extent, float(p[-1, 4]))
+        if len(objects) == 0:
+            return proposal, SafetyStatus()
         # Objects moved at constant velocity to each trajectory time: (K,M,2)
         obj_xy = objects.center[None, :, :2] + objects.velocity[None, :, :] * p[:, 4, None, None]
         n_obj = max(1, c.discs_per_vehicle)
         obj_discs, obj_r = _discs(obj_xy, np.broadcast_to(objects.yaw, obj_xy.shape[:2]),
                                   np.broadcast_to(objects.size[:, 0], obj_xy.shape[:2]),
                                   np.broadcast_to(objects.size[:, 1], obj_xy.shape[:2]), n_obj)  # (K,M,n,2)
-        d = np.linalg.norm(ego_discs[:, None, :, None, :] - obj_discs[:, :, None, :, :], axis=-1)  # (K,M,n,n)
+        delta = ego_discs[:, None, :, None, :] - obj_discs[:, :, None, :, :]  # (K,M,n,n,2)
+        d2 = delta[..., 0] ** 2 + delta[..., 1] ** 2
         limit = ego_r[:, None, None, None] + obj_r[:, :, None, None] + c.lateral_margin_m
-        hit = np.any(d < limit, axis=(2, 3))  # (K,M)
+        hit = np.any(d2 < limit * limit, axis=(2, 3))  # (K,M)
         # An object already overlapping the ego at t=0 behind the front axle is not ours to brake for.
         if not hit.any():
             return proposal, SafetyStatus()

@@ -160,8 +160,7 @@ class SimBridgeNode(Node):
         from adstack import ros_convert as rc
         state = self.session.state
         self.pub_odom.publish(rc.odometry_to_msg(state.ego))
-        if state.lidar is not None:
-            state.lidar.stamp = state.t
+        if state.lidar is not None:  # stamped with its sweep's end: with the default delivery, the previous tick
             self.pub_cloud.publish(rc.pointcloud_to_msg(state.lidar))
         if self.first or self.session.tick_count % max(1, self.params.objects_every_ticks) == 0:
             near = np.hypot(state.actors.center[:, 0] - state.ego.x, state.actors.center[:, 1] - state.ego.y) \

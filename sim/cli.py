@@ -173,6 +173,11 @@ def simulate(args) -> dict:
                     print(f"\radstack sim: t={state.t:7.1f}/{ticks * config.dt:.1f} s, {len(state.actors)} actors, "
                           f"{counts['lidar_frames']} lidar frames, {state.t / max(elapsed, 1e-9):5.1f}x real time",
                           end="", file=sys.stderr, flush=True)
+            last_frame = world.flush_lidar()  # swept by the last tick, due on the next: record it too
+            if last_frame is not None:
+                bag.write_pointcloud(TOPIC_POINTS, last_frame, t=state.t)
+                counts["lidar_frames"] += 1
+                counts["points"] += len(last_frame)
         if show_progress:
             print(file=sys.stderr)
     except _sumo_errors() as exc:

@@ -549,6 +549,41 @@ def _cast(origin, rot_sensor_to_world, cos_el, sin_el, cos_az, sin_az, start_col
 
 
 @njit(cache=True, fastmath=False, nogil=True)
+def _cast_span(lo, hi, order, columns, origin, rot_sensor_to_world, cos_el, sin_el, cos_az, sin_az, start_col,
+               end_col, prim_min_dist, prim_ch_lo, prim_ch_hi, prim_center, prim_half, prim_cos_yaw, prim_sin_yaw,
+               prim_material, prim_label, prim_actor, ground_label, ground_z, ground_slope_x, ground_slope_y,
+               range_min, range_max, noise_sigma, gauss_table, dropout, key, attenuation, reflectivity,
+               out_range, out_intensity, out_label, out_actor, out_first_col):
+    """``_column_lists`` and ``_cast`` in one call: a background thread needs the GIL again only
+    when the whole span is done (each return to Python waits for the GIL, which the simulation's
+    thread may hold for milliseconds)."""
+    offsets, indices = _column_lists(lo, hi, order, columns, start_col, end_col)
+    _cast(origin, rot_sensor_to_world, cos_el, sin_el, cos_az, sin_az, start_col, end_col, offsets, indices,
+          prim_min_dist, prim_ch_lo, prim_ch_hi, prim_center, prim_half, prim_cos_yaw, prim_sin_yaw,
+          prim_material, prim_label, prim_actor, ground_label, ground_z, ground_slope_x, ground_slope_y,
+          range_min, range_max, noise_sigma, gauss_table, dropout, key, attenuation, reflectivity,
+          out_range, out_intensity, out_label, out_actor, out_first_col)
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def _bounds_and_cast(origin, rot_sensor_to_world, rot_world_to_sensor, elevation, columns, cos_el, sin_el, cos_az,
+                     sin_az, start_col, end_col, prim_center, prim_half, prim_cos_yaw, prim_sin_yaw, prim_material,
+                     prim_label, prim_actor, ground_label, ground_z, ground_slope_x, ground_slope_y, range_min,
+                     range_max, noise_sigma, gauss_table, dropout, key, attenuation, reflectivity, out_range,
+                     out_intensity, out_label, out_actor, out_first_col):
+    """``_primitive_bounds`` and ``_cast_span`` in one call (a handed-off cast: one GIL release)."""
+    bounds = _primitive_bounds(prim_center, prim_half, prim_cos_yaw, prim_sin_yaw, origin, rot_world_to_sensor,
+                               columns, range_max, elevation)
+    lo, hi, min_dist, ch_lo, ch_hi, order = bounds
+    _cast_span(lo, hi, order, columns, origin, rot_sensor_to_world, cos_el, sin_el, cos_az, sin_az, start_col,
+               end_col, min_dist, ch_lo, ch_hi, prim_center, prim_half, prim_cos_yaw, prim_sin_yaw, prim_material,
+               prim_label, prim_actor, ground_label, ground_z, ground_slope_x, ground_slope_y, range_min, range_max,
+               noise_sigma, gauss_table, dropout, key, attenuation, reflectivity, out_range, out_intensity,
+               out_label, out_actor, out_first_col)
+    return bounds
+
+
+@njit(cache=True, fastmath=False, nogil=True)
 def _compact(out_range, out_intensity, out_label, out_actor, start_col, end_col, cos_el, sin_el, cos_az, sin_az):
     """Points (N,4) x, y, z, intensity in the sensor frame, labels and actor ids of the returns of
     columns [start_col, end_col), column by column."""
@@ -691,20 +726,30 @@ class Lidar:
 
     def _cast_columns(self, job: tuple, start_col: int, end_col: int, buffers: tuple, first_col: int = 0) -> None:
         """Cast columns [start_col, end_col) of a prepared job into ``buffers`` (row = column -
-        first_col); the kernels release the GIL, so this runs in parallel with Python on other threads."""
+        first_col); the kernels release the GIL, so this runs in parallel with Python on other threads.
+        A job whose culling bounds nobody computed yet gets them in the same kernel call."""
         cfg = self.config
         cpu_start = time.thread_time()
         origin, rot, center, half, cos_yaw, sin_yaw, material, label, actor_id, ground_z, slope_x, slope_y, key, \
-            _ = job
-        lo, hi, min_dist, ch_lo, ch_hi, order = self._bounds(job)
-        offsets, indices = _column_lists(lo, hi, order, cfg.columns, start_col, end_col)
+            cached = job
         out_range, out_intensity, out_label, out_actor = buffers
-        _cast(origin, rot, self._cos_el, self._sin_el, self._cos_az, self._sin_az, start_col, end_col,
-              offsets, indices, min_dist, ch_lo, ch_hi, center, half, cos_yaw, sin_yaw, material, label, actor_id,
-              GROUND_LABEL, ground_z, slope_x, slope_y, cfg.range_min_m, cfg.range_max_m,
-              cfg.range_noise_sigma_m, self._gauss_table, cfg.dropout_probability, key,
-              cfg.intensity_attenuation_per_m, self._reflectivity, out_range, out_intensity, out_label, out_actor,
-              first_col)
+        bounds = cached[0]
+        if bounds is None:
+            cached[0] = _bounds_and_cast(
+                origin, rot, np.ascontiguousarray(rot.T), self.elevation_rad, cfg.columns, self._cos_el, self._sin_el,
+                self._cos_az, self._sin_az, start_col, end_col, center, half, cos_yaw, sin_yaw, material, label,
+                actor_id, GROUND_LABEL, ground_z, slope_x, slope_y, cfg.range_min_m, cfg.range_max_m,
+                cfg.range_noise_sigma_m, self._gauss_table, cfg.dropout_probability, key,
+                cfg.intensity_attenuation_per_m, self._reflectivity, out_range, out_intensity, out_label, out_actor,
+                first_col)
+        else:
+            lo, hi, min_dist, ch_lo, ch_hi, order = bounds
+            _cast_span(lo, hi, order, cfg.columns, origin, rot, self._cos_el, self._sin_el, self._cos_az,
+                       self._sin_az, start_col, end_col, min_dist, ch_lo, ch_hi, center, half, cos_yaw, sin_yaw,
+                       material, label, actor_id, GROUND_LABEL, ground_z, slope_x, slope_y, cfg.range_min_m,
+                       cfg.range_max_m, cfg.range_noise_sigma_m, self._gauss_table, cfg.dropout_probability, key,
+                       cfg.intensity_attenuation_per_m, self._reflectivity, out_range, out_intensity, out_label,
+                       out_actor, first_col)
         with self._queue.lock:  # casts finish on several threads
             self.cast_cpu_s += time.thread_time() - cpu_start
 
@@ -722,12 +767,14 @@ class Lidar:
         self._cast_later(job, start_col, end_col, buffers)
         self._queue.finish()
 
-    def _cast_later(self, job: tuple, start_col: int, end_col: int, buffers: tuple) -> None:
-        """Queue the cast for the background threads; ``_queue.finish()`` completes it."""
+    def _cast_later(self, job: tuple, start_col: int, end_col: int, buffers: tuple, handoff: bool = False) -> None:
+        """Queue the cast for the background threads; ``_queue.finish()`` completes it. ``handoff``:
+        one chunk that a background thread casts (a single kernel call, bounds included) while the
+        caller goes on."""
         if self.config.cast_threads <= 1:
             self._cast_columns(job, start_col, end_col, buffers)
         else:
-            self._queue.put(job, start_col, end_col, buffers)
+            self._queue.put(job, start_col, end_col, buffers, handoff=handoff)
 
     def worker_pool(self) -> ThreadPoolExecutor:
         """The background threads (``cast_threads - 1``, at least one), started on first use."""
@@ -746,92 +793,83 @@ class Lidar:
 
 # Casts are queued in chunks of this many columns (1/8 revolution) that any thread may take.
 CHUNK_COLUMNS = 128
-
-_QUEUED, _RUNNING, _DONE = range(3)
+# How long the caller waits for a background thread to pick up a handed-off cast before going on
+# (the GIL: see _CastQueue). A cast nobody took by ``finish`` is cast by the caller.
+PICKUP_TIMEOUT_S = 0.002
 
 
 class _CastQueue:
     """Chunks of prepared casts that the lidar's background threads and the caller take in turn.
 
-    Background threads take chunks from the back of the queue and cast each into arrays of their
-    own; the caller (``finish``) takes them from the front, straight into the output, then copies
-    what the background threads finished and casts again, at once, any chunk one of them still
-    holds (its late result is dropped). The caller never waits for another thread: on a loaded
-    machine that thread may wait milliseconds for a core. Every ray's result depends only on its
-    column and the cast's inputs, so the outcome is the same whoever casts which chunk."""
+    Background threads take chunks from the back of the queue, the caller (``finish``) from the
+    front; every chunk is cast straight into its revolution's buffers (disjoint columns), and
+    ``finish`` returns once every chunk is done: it casts what nobody took and then waits, without
+    the GIL (and so without its core), for the chunks being cast. Every ray's result depends only on
+    its column and the cast's inputs, so the outcome is the same whoever casts which chunk.
+
+    The GIL: the simulation's thread holds it through SUMO's step (libsumo does not release it), so
+    a background thread that needs it waits up to ``sys.getswitchinterval()`` (5 ms). Hence a
+    background thread's chunk is one kernel call, and ``put(handoff=True)`` waits, with the GIL
+    released, until a thread has taken the chunk and is casting it without the GIL."""
 
     def __init__(self, lidar: "Lidar"):
         self.lidar = lidar
         self.lock = threading.Lock()
-        self._queued: deque = deque()
-        self._taken: list = []  # chunks background threads took: [state, job, start, end, buffers, result]
+        self._changed = threading.Condition(self.lock)  # a chunk was taken or finished
+        self._queued: deque = deque()  # (job, start, end, buffers)
+        self._running = 0  # chunks background threads are casting
         self._error: BaseException | None = None
-        self.chunks_cast_here = 0  # by the caller: queued ones nobody took, plus ones taken but late
-        self.chunks_recast = 0  # of those, taken by a background thread that was not done in time
+        self.chunks_cast_here = 0  # by the caller
         self.chunks_from_background = 0
 
-    def put(self, job: tuple, start_col: int, end_col: int, buffers: tuple) -> None:
+    def put(self, job: tuple, start_col: int, end_col: int, buffers: tuple, handoff: bool = False) -> None:
+        """Queue columns [start_col, end_col). ``handoff``: as one chunk, for a background thread to
+        cast while the caller goes on; returns once a thread has taken it (or after PICKUP_TIMEOUT_S)."""
+        step = (end_col - start_col) if handoff else CHUNK_COLUMNS
         with self.lock:
-            for start in range(start_col, end_col, CHUNK_COLUMNS):
-                self._queued.append([_QUEUED, job, start, min(end_col, start + CHUNK_COLUMNS), buffers, None])
+            for start in range(start_col, end_col, max(1, step)):
+                self._queued.append((job, start, min(end_col, start + step), buffers))
         pool = self.lidar.worker_pool()
         for _ in range(self.lidar.config.cast_threads - 1):
             pool.submit(self._work)
+        if handoff:
+            with self._changed:
+                self._changed.wait_for(lambda: not self._queued, PICKUP_TIMEOUT_S)
 
     def _work(self) -> None:
-        """A background thread: cast queued chunks into private arrays until none is left."""
-        channels = self.lidar.config.channels
+        """A background thread: cast queued chunks until none is left."""
         while True:
             with self.lock:
                 if not self._queued:
                     return
                 chunk = self._queued.pop()
-                chunk[0] = _RUNNING
-                self._taken.append(chunk)
-            _, job, start, end, _, _ = chunk
+                self._running += 1
+                self._changed.notify_all()
             try:
-                out = (np.empty((end - start, channels), np.float32), np.empty((end - start, channels), np.float32),
-                       np.empty((end - start, channels), np.int32), np.empty((end - start, channels), np.int64))
-                self.lidar._cast_columns(job, start, end, out, start)
+                self.lidar._cast_columns(*chunk)
             except BaseException as exc:  # re-raised on the caller's thread by finish()
                 with self.lock:
-                    if chunk[0] == _RUNNING:
-                        self._error = exc
-                continue
+                    self._error = exc
             with self.lock:
-                if chunk[0] == _RUNNING:  # not cast again by the caller meanwhile
-                    chunk[5] = out
-                    chunk[0] = _DONE
+                self._running -= 1
+                self.chunks_from_background += 1
+                self._changed.notify_all()
 
     def finish(self) -> None:
-        """Complete every queued cast on this thread (with whatever the background threads finished)."""
+        """Complete every queued cast: cast here what no background thread took, wait for the rest."""
         while True:
             with self.lock:
                 chunk = self._queued.popleft() if self._queued else None
-                if chunk is not None:
-                    chunk[0] = _DONE
             if chunk is None:
                 break
             self.chunks_cast_here += 1
-            self.lidar._cast_columns(chunk[1], chunk[2], chunk[3], chunk[4])
-        with self.lock:
-            taken, self._taken = self._taken, []
-            late = [chunk[0] == _RUNNING for chunk in taken]
-            for chunk in taken:
-                chunk[0] = _DONE  # from now on a late background result is dropped
+            self.lidar._cast_columns(*chunk)
+        with self._changed:
+            self._changed.wait_for(lambda: self._running == 0)
             error, self._error = self._error, None
         if error is not None:
             raise error
-        for chunk, again in zip(taken, late):
-            _, job, start, end, buffers, result = chunk
-            if again:  # its thread is still at it (or has no core): cast it here
-                self.chunks_cast_here += 1
-                self.chunks_recast += 1
-                self.lidar._cast_columns(job, start, end, buffers)
-            else:
-                self.chunks_from_background += 1
-                for target, part in zip(buffers, result):
-                    target[start:end] = part
+
 
 def ray_buffers(config: LidarConfig) -> tuple:
     """Per-ray outputs over a whole revolution, (column, channel): range (-1: no return),
@@ -846,44 +884,72 @@ class SpinningLidar:
 
     Each ``tick`` casts the columns the sensor sweeps during that tick (``columns * rate * tick_s``,
     e.g. half a revolution for 10 Hz and 0.05 s ticks; fractional shares carry over) at that tick's
-    world state and sensor pose. When a revolution is complete the tick returns the whole frame,
-    stamped with the tick's time; otherwise ``None``.
+    world state and sensor pose. A complete revolution is a frame stamped with the time of the tick
+    that completed it. ``deliver_next_tick=False``: that tick returns it; ``True``: the next tick
+    does (one tick of sensor latency, as a driver publishes a scan after its last packet), so the
+    completing tick's share is cast in the background while the caller steps the simulation too.
+    ``tick`` returns None on the other ticks; ``pending_stamp`` is the stamp of a frame that the
+    next tick will deliver.
 
     Frames: by default each column stays in the sensor frame of the tick that cast it, as a raw
     sensor reports it. With ``motion_compensate=True`` the earlier ticks' points are moved into the
     sensor frame of the completing tick (what a driver's deskewing with odometry does), so the
     static world lines up in one frame; moving actors still show where they were when swept.
 
-    Threads (``config.cast_threads > 1``): a tick that does not complete a revolution only prepares
-    its cast (pose, primitives, noise key: everything taken from that tick's world state, copied) and
-    queues it for the background thread, which casts while the caller steps the simulation to the
-    next tick. The completing tick queues its own share, casts every chunk nobody has started and
-    waits for the rest. Each column still sees the world state of the tick it belongs to, and the
-    frames are identical, bit for bit, to a single-threaded run.
+    Threads (``config.cast_threads > 1``): a tick prepares its cast (pose, primitives, noise key:
+    everything taken from that tick's world state, copied) and hands it to the background thread,
+    which casts while the caller steps the simulation to the next tick. With same-tick delivery the
+    completing tick queues its share in chunks, casts every chunk nobody has started and waits for
+    the rest. Each column still sees the world state of the tick it belongs to, and the frames are
+    identical, bit for bit, to a single-threaded run, whichever delivery.
     """
 
-    def __init__(self, lidar: Lidar, tick_s: float = 0.05, motion_compensate: bool = False):
+    def __init__(self, lidar: Lidar, tick_s: float = 0.05, motion_compensate: bool = False,
+                 deliver_next_tick: bool = False):
         cols_per_tick = lidar.config.columns * lidar.config.rate_hz * tick_s
         if tick_s <= 0 or cols_per_tick > lidar.config.columns + 1e-9:
             raise ValueError(f"tick_s={tick_s} must be positive and at most one revolution (1/rate_hz)")
         self.lidar = lidar
         self.tick_s = float(tick_s)
         self.motion_compensate = bool(motion_compensate)
+        self.deliver_next_tick = bool(deliver_next_tick)
         self._cols_per_tick = cols_per_tick
-        self._buffers = ray_buffers(lidar.config)  # the revolution being swept
+        # Two revolutions' buffers, used in turn: a revolution waiting for delivery keeps its own
+        # while the next one's first columns are cast.
+        self._buffer_sets = (ray_buffers(lidar.config), ray_buffers(lidar.config))
+        self._revolution = 0
         self._ticks = 0
         self._done = 0  # columns cast in total
         self._parts: list[tuple[int, int, tuple]] = []  # (start, end, sensor pose) of this revolution
+        self._pending: tuple | None = None  # (stamp, final pose, parts, buffers) awaiting delivery
+
+    @property
+    def _buffers(self) -> tuple:
+        return self._buffer_sets[self._revolution % 2]
+
+    @property
+    def pending_stamp(self) -> float | None:
+        return None if self._pending is None else self._pending[0]
 
     def reset(self) -> None:
         self._wait()
         self._ticks = 0
         self._done = 0
         self._parts = []
+        self._pending = None
 
     def close(self) -> None:
         """Wait for background casts; the Lidar's threads stay (``Lidar.close`` stops them)."""
         self._wait()
+
+    def flush(self) -> PointCloud | None:
+        """The frame awaiting delivery (completed on the last tick), now; None if there is none."""
+        if self._pending is None:
+            return None
+        self._wait()
+        frame = self._assemble(*self._pending)
+        self._pending = None
+        return frame
 
     def _wait(self) -> None:
         self.lidar._queue.finish()
@@ -892,6 +958,7 @@ class SpinningLidar:
              ground_z: float | None = None, ground_slope=(0.0, 0.0)) -> PointCloud | None:
         """Advance one tick. ``sensor_pose_world`` as in ``Lidar.scan_partial`` (a 6-tuple or an EgoState)."""
         lidar = self.lidar
+        frame = self.flush()  # the revolution completed last tick, if any: collected first
         if isinstance(sensor_pose_world, EgoState):
             if ground_z is None:
                 ground_z = sensor_pose_world.z
@@ -900,31 +967,36 @@ class SpinningLidar:
         columns = lidar.config.columns
         self._ticks += 1
         target = int(math.floor(self._ticks * self._cols_per_tick + 1e-6))
-        frame = None
         while self._done < target:
             start = self._done % columns
             end = min(columns, start + (target - self._done))
             job = lidar._prepare(pose, actors, scenery, ground_z, ground_slope)
             self._parts.append((start, end, pose))
             self._done += end - start
-            if end == columns:  # this thread casts at once: its bounds first, not by two threads at once
-                lidar._bounds(job)
-            lidar._cast_later(job, start, end, self._buffers)
-            if end == columns:
+            completes = end == columns
+            if completes and not self.deliver_next_tick:
+                lidar._bounds(job)  # this thread casts at once: its bounds first, not by two threads at once
+                lidar._cast_later(job, start, end, self._buffers)
                 self._wait()  # this thread casts what is left, then the revolution is complete
-                frame = self._assemble(stamp, pose)
+                frame = self._assemble(stamp, pose, self._parts, self._buffers)
+            else:
+                lidar._cast_later(job, start, end, self._buffers, handoff=True)
+                if completes:
+                    self._pending = (stamp, pose, self._parts, self._buffers)
+            if completes:
+                self._parts = []
+                self._revolution += 1
         return frame
 
-    def _assemble(self, stamp: float, final_pose: tuple) -> PointCloud:
-        parts, self._parts = self._parts, []
+    def _assemble(self, stamp: float, final_pose: tuple, parts: list, buffers: tuple) -> PointCloud:
         lidar = self.lidar
-        points, labels, actor_ids = _compact(*self._buffers, parts[0][0], parts[-1][1], lidar._cos_el,
+        points, labels, actor_ids = _compact(*buffers, parts[0][0], parts[-1][1], lidar._cos_el,
                                              lidar._sin_el, lidar._cos_az, lidar._sin_az)
         if self.motion_compensate:
             rot_final = rotation_rpy(*final_pose[3:])
             first = 0
             for start, end, pose in parts:
-                last = first + _count_returns(self._buffers[0], start, end)
+                last = first + _count_returns(buffers[0], start, end)
                 if pose != final_pose:
                     # sensor frame of the part -> world -> sensor frame of the completing tick
                     rot = rot_final.T @ rotation_rpy(*pose[3:])

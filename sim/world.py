@@ -7,7 +7,11 @@ One ``tick(command)`` advances everything by ``dt`` in a fixed order, synchronou
 3. SUMO steps vehicles, cyclists, pedestrians and traffic lights by ``dt``;
 4. actors and light states are read back into the map frame;
 5. the lidar casts the share of its revolution that falls into this tick (``sim.lidar``); a full
-   revolution (every 1 / rate_hz s) comes back as ``WorldState.lidar``.
+   revolution (every 1 / rate_hz s), stamped with the time of the tick that completed it, comes
+   back as ``WorldState.lidar`` on the next tick (``lidar_delivery: next_tick``, the default: one
+   tick of sensor latency, during which the last share is cast on the lidar's background thread
+   while SUMO steps) or on that same tick (``same_tick``). ``WorldState.lidar_ego`` and
+   ``lidar_actors`` are the ego and the actors at the frame's stamp, to go with it.
 
 Same map, config, seed and commands -> the same states, bit for bit.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +44,9 @@ class WorldConfig:
     # "snapshot": the whole revolution at once, on the tick it completes (exact labels, cheaper).
     lidar_mode: str = "spinning"
     scenery: bool = True  # static scenery in the lidar (sim/scenery.py), where available
+    # spinning mode: "next_tick" delivers a frame one tick after the tick that completes it (its
+    # last share is cast in the background meanwhile: ~20 % faster ticks); "same_tick" on that tick
+    lidar_delivery: str = "next_tick"
     traffic: TrafficConfig = field(default_factory=TrafficConfig)
     vehicle: VehicleParams = field(default_factory=VehicleParams)
 
@@ -47,6 +55,9 @@ class WorldConfig:
             raise DataError(f"dt must be in (0, 0.5] s, got {self.dt}", "world")
         if self.lidar_mode not in ("spinning", "snapshot"):
             raise DataError(f"lidar_mode must be 'spinning' or 'snapshot', got {self.lidar_mode!r}", "world")
+        if self.lidar_delivery not in ("next_tick", "same_tick"):
+            raise DataError(f"lidar_delivery must be 'next_tick' or 'same_tick', got {self.lidar_delivery!r}",
+                            "world")
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_PARAMS) -> "WorldConfig":
@@ -59,11 +70,18 @@ class WorldState:
     tick: int
     ego: EgoState  # rear-axle pose (base_link), map frame
     actors: Boxes  # every SUMO road user but the ego, map frame, ids stable per actor
-    actors_ego: Boxes  # the same boxes in the ego frame (base_link); velocities absolute, rotated
     traffic_lights: list[TrafficLight]  # one per (signal, incoming lane); see sim.traffic.StopLineSignal
-    lidar: PointCloud | None = None  # a complete revolution, sensor frame; None on other ticks
+    lidar: PointCloud | None = None  # a complete revolution, sensor frame, stamped; None on other ticks
     lidar_labels: np.ndarray | None = None  # (N,) ObjectClass per lidar point (0: ground)
     ego_box: Boxes | None = None  # the ego's own box, map frame, id 0
+    lidar_ego: EgoState | None = None  # the ego at lidar.stamp (the sensor pose of the completing tick)
+    lidar_actors: Boxes | None = None  # the actors at lidar.stamp, map frame (ground truth for the frame)
+
+    @cached_property
+    def actors_ego(self) -> Boxes:
+        """The actors in the ego frame (base_link); velocities absolute, rotated. Computed on first
+        use: most consumers want the map frame, and the transform costs 5 % of a tick."""
+        return boxes_to_frame(self.actors, self.ego.x, self.ego.y, self.ego.z, self.ego.yaw, "base_link")
 
 
 def boxes_to_frame(boxes: Boxes, x: float, y: float, z: float, yaw: float, frame_id: str) -> Boxes:
@@ -98,7 +116,8 @@ class World:
             if self.config.dt * lidar_cfg.rate_hz > 1.0 + 1e-9:
                 raise DataError(f"dt {self.config.dt} s is longer than one lidar revolution (rate_hz "
                                 f"{lidar_cfg.rate_hz}): use a shorter dt or turn the lidar off", "world")
-            self.lidar = SpinningLidar(Lidar(lidar_cfg, seed=self.seed), tick_s=self.config.dt)
+            self.lidar = SpinningLidar(Lidar(lidar_cfg, seed=self.seed), tick_s=self.config.dt,
+                                       deliver_next_tick=self.config.lidar_delivery == "next_tick")
             # snapshot mode: a revolution every this many ticks (the rate rounded to whole ticks)
             self._ticks_per_revolution = max(1, int(round(1.0 / (lidar_cfg.rate_hz * self.config.dt))))
             self._lidar_range_m = lidar_cfg.range_max_m + math.hypot(lidar_cfg.mount_x_m, lidar_cfg.mount_y_m)
@@ -106,6 +125,7 @@ class World:
                 self.scenery = load_scenery(map, self.seed)
         self._flat_z = _flat_height(map)  # a flat map (Town01) needs no per-tick height lookup
         self.state: WorldState | None = None
+        self._previous: tuple | None = None  # (ego, actors) of the last tick: a delivered frame's stamp
         self.timing = {"traffic_s": 0.0, "lidar_s": 0.0, "lidar_frames": 0, "ticks": 0}
         self._tick = 0
 
@@ -152,6 +172,7 @@ class World:
         if self.lidar is not None:
             self.lidar.reset()
         self._tick = 0
+        self._previous = None
         self.timing = {"traffic_s": 0.0, "lidar_s": 0.0, "lidar_frames": 0, "ticks": 0}
         self.state = self._observe(ego, None)
         return self.state
@@ -196,6 +217,16 @@ class World:
                        if link.map_lane is not None and m.lanes[link.map_lane].is_junction}
         self.traffic.switch_off({sl.tls_id for sl in self.traffic.signal_lanes} - at_junction)
         self.traffic.signals_changed()
+
+    def flush_lidar(self) -> PointCloud | None:
+        """The lidar frame completed on the last tick that ``next_tick`` delivery would hand out on
+        the next one (stamped, as always, with its sweep's end); None if there is none. For the end of
+        a run: ``state.lidar_ego`` and ``lidar_actors`` of that frame are the last state's ego and actors."""
+        if self.lidar is None or self.config.lidar_mode != "spinning":
+            return None
+        cloud = self.lidar.flush()
+        self.timing["lidar_frames"] += cloud is not None
+        return cloud
 
     def close(self) -> None:
         if self.lidar is not None:
@@ -244,8 +275,8 @@ class World:
         t = self._tick * self.config.dt
         raw = self.traffic.actors()
         actors = raw.boxes(t)
-        actors_ego = boxes_to_frame(actors, ego.x, ego.y, ego.z, ego.yaw, "base_link")
         cloud = None
+        cloud_ego, cloud_actors = ego, actors
         if cast_lidar and self.lidar is not None:
             start = time.perf_counter()
             scenery = self.scenery.query(ego.x, ego.y) if self.scenery is not None else None
@@ -254,12 +285,16 @@ class World:
             visible = actors.select(np.hypot(actors.center[:, 0] - ego.x, actors.center[:, 1] - ego.y) < reach)
             if self.config.lidar_mode == "spinning":
                 cloud = self.lidar.tick(t, ego, visible, scenery, ego.z)
+                if cloud is not None and self.lidar.deliver_next_tick:
+                    cloud_ego, cloud_actors = self._previous  # completed last tick
             elif self._tick % self._ticks_per_revolution == 0:
                 cloud = self.lidar.lidar.scan(ego, visible, scenery, ego.z, stamp=t)
             self.timing["lidar_s"] += time.perf_counter() - start
             self.timing["lidar_frames"] += cloud is not None
-        return WorldState(t, self._tick, ego, actors, actors_ego, self.traffic.traffic_lights(), cloud,
-                          None if cloud is None else cloud.labels, self.ego_box(ego))
+        self._previous = (ego, actors)
+        return WorldState(t, self._tick, ego, actors, self.traffic.traffic_lights(), cloud,
+                          None if cloud is None else cloud.labels, self.ego_box(ego),
+                          cloud_ego if cloud is not None else None, cloud_actors if cloud is not None else None)
 
 
 def _flat_height(map) -> float | None:

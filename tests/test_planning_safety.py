@@ -66,3 +66,32 @@ def test_stale_inputs_and_garbage_give_a_controlled_stop():
     assert status.action == "minimal_risk_stop" and np.all(np.isfinite(out.points))
     out, status = layer.check(ego, None, None, 0.0)
     assert status.action == "minimal_risk_stop" and len(out) >= 2
+
+
+def test_broad_phase_changes_no_decision():
+    """The reach filter only skips work: on random scenes with many far and near actors, curved
+    paths and fast crossers, the verdict equals the full disc test's (filter disabled)."""
+    rng = np.random.default_rng(3)
+    full = SafetyLayer()
+    full._within_reach = lambda objects, *args: objects  # every object through the disc test
+    fast = SafetyLayer()
+    conflicts = 0
+    for _ in range(200):
+        v = rng.uniform(0, 15)
+        s = np.linspace(0, 60, 61)
+        curvature = rng.uniform(-0.03, 0.03)
+        yaw = curvature * s
+        x = np.concatenate([[0], np.cumsum(np.cos(yaw[:-1]))])
+        y = np.concatenate([[0], np.cumsum(np.sin(yaw[:-1]))])
+        traj = Trajectory(np.column_stack([x, y, yaw, np.full_like(s, v), s / max(v, 0.5)]))
+        n = 150
+        objects = Boxes(np.column_stack([rng.uniform(-80, 120, n), rng.uniform(-80, 80, n), np.full(n, 0.8)]),
+                        np.column_stack([rng.uniform(0.5, 9, n), rng.uniform(0.5, 2.6, n), np.full(n, 1.5)]),
+                        rng.uniform(-math.pi, math.pi, n), np.ones(n, int), None, rng.uniform(-15, 15, (n, 2)),
+                        np.arange(n))
+        a_traj, a = full.check(EgoState(0, 0, 0, v), traj, objects, 0.0)
+        b_traj, b = fast.check(EgoState(0, 0, 0, v), traj, objects, 0.0)
+        assert (a.ok, a.action, a.conflict_object_id) == (b.ok, b.action, b.conflict_object_id)
+        assert np.array_equal(a_traj.points, b_traj.points)
+        conflicts += not a.ok
+    assert 20 < conflicts < 180  # the scenes exercise both verdicts

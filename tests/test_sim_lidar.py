@@ -381,23 +381,28 @@ def test_background_casts_equal_a_serial_sweep_bit_for_bit(compensate):
     overwrites its actor arrays); the frames must equal, bit for bit, one thread's, and the raw
     sweep must equal the parts cast one by one with ``scan_partial`` from that tick's state."""
     frames = {}
-    for threads in (1, 2):
+    for threads, next_tick in ((1, False), (2, False), (2, True)):
         lidar = Lidar(LidarConfig(cast_threads=threads), seed=7)
-        spinning = SpinningLidar(lidar, tick_s=0.03, motion_compensate=compensate)  # 307.2 columns a tick
+        spinning = SpinningLidar(lidar, tick_s=0.03, motion_compensate=compensate,  # 307.2 columns a tick
+                                 deliver_next_tick=next_tick)
         out = []
-        for k in range(1, 15):
+        for k in range(1, 16):
             ego, actors, scenery = _moving_scene(k)
             out.append(spinning.tick(0.03 * k, ego, actors, scenery))
             actors.center[:] = 1e3  # the caller reuses its arrays: the pending cast must not see this
         spinning.close()
         lidar.close()
-        frames[threads] = out
-    assert [f is None for f in frames[1]] == [f is None for f in frames[2]]
-    assert sum(f is not None for f in frames[2]) == 4
-    for a, b in zip(frames[1], frames[2]):
+        frames[threads, next_tick] = out
+    assert [f is None for f in frames[1, False]] == [f is None for f in frames[2, False]]
+    # delivered one tick later, with the completing tick's stamp
+    assert [f is None for f in frames[1, False][:-1]] == [f is None for f in frames[2, True][1:]]
+    assert sum(f is not None for f in frames[2, False]) == 4
+    for a, b, c in zip(frames[1, False], frames[2, False], frames[2, True][1:]):
         if a is not None:
-            assert np.array_equal(a.points, b.points) and np.array_equal(a.labels, b.labels)
-            assert np.array_equal(a.actor_ids, b.actor_ids) and a.stamp == b.stamp
+            for other in (b, c):
+                assert np.array_equal(a.points, other.points) and np.array_equal(a.labels, other.labels)
+                assert np.array_equal(a.actor_ids, other.actor_ids) and a.stamp == other.stamp
+    frames[2] = frames[2, False]
     if not compensate:  # the first revolution, rebuilt from the same calls to scan_partial
         lidar = Lidar(LidarConfig(cast_threads=1), seed=7)
         parts, done = [], 0

@@ -146,7 +146,7 @@ def test_same_seed_same_world_different_seed_different_world(town01):
                                   command=Command(0.05, 1.0))
         world.close()
         clouds = [s.lidar for s in states if s.lidar is not None]
-        assert len(clouds) == 10
+        assert len(clouds) == 9  # 10 Hz for 1 s, each frame delivered a tick after it completes
         return ([s.actors.center for s in states], [s.ego.x for s in states], [c.points for c in clouds],
                 [c.labels for c in clouds])
 
@@ -162,11 +162,33 @@ def test_lidar_sees_actors_with_their_labels(town01):
     world, states = run_world(town01, 2.0, vehicles=100, pedestrians=100, lidar=True)
     world.close()
     frames = [s for s in states if s.lidar is not None]
-    assert len(frames) == 20  # 10 Hz for 2 s
+    assert len(frames) == 19  # 10 Hz for 2 s; the last frame is delivered on the tick after the run
     s = frames[-1]
     assert np.array_equal(s.lidar_labels, s.lidar.labels)
     hit_ids = set(s.lidar.actor_ids[s.lidar.actor_ids > 0].tolist())
-    assert hit_ids and hit_ids <= set(s.actors.ids.tolist())
+    assert hit_ids and hit_ids <= set(s.lidar_actors.ids.tolist())
+
+
+def test_next_tick_delivery_is_the_same_frame_one_tick_later(town01):
+    """Default delivery: the frame completed at tick k comes with tick k + 1, stamped t_k, with the
+    ego and actors of tick k; it is the frame same-tick delivery gives at tick k, bit for bit."""
+    runs = {}
+    for delivery in ("same_tick", "next_tick"):
+        config = WorldConfig(lidar_delivery=delivery)
+        config.traffic.vehicles, config.traffic.pedestrians = 50, 50
+        world = World(town01, config, seed=5)
+        runs[delivery] = [world.reset(None)] + [world.tick(Command(0.03, 1.5)) for _ in range(9)]
+        world.close()
+    same, late = runs["same_tick"], runs["next_tick"]
+    assert [s.tick for s in same if s.lidar is not None] == [2, 4, 6, 8]
+    assert [s.tick for s in late if s.lidar is not None] == [3, 5, 7, 9]
+    for k in (2, 4, 6, 8):
+        a, b = same[k], late[k + 1]
+        assert b.lidar.stamp == a.lidar.stamp == pytest.approx(a.t)
+        assert np.array_equal(a.lidar.points, b.lidar.points) and np.array_equal(a.lidar.actor_ids, b.lidar.actor_ids)
+        assert (b.lidar_ego.x, b.lidar_ego.y, b.lidar_ego.yaw) == (late[k].ego.x, late[k].ego.y, late[k].ego.yaw)
+        assert np.array_equal(b.lidar_actors.center, late[k].actors.center)
+        assert a.lidar_actors is a.actors and a.lidar_ego is a.ego
 
 
 def test_netconvert_failure_names_the_file(tmp_path):
@@ -262,7 +284,7 @@ def test_background_lidar_thread_changes_no_bit_of_the_world(town01, tmp_path):
         runs.append((threads, [s for s in states if s.lidar is not None], states))
     assert [r[0] for r in runs] == [2, 1]
     (_, frames_a, states_a), (_, frames_b, states_b) = runs
-    assert len(frames_a) == len(frames_b) == 4
+    assert len(frames_a) == len(frames_b) == 3  # ticks 3, 5, 7: a tick after each completes
     for a, b in zip(frames_a, frames_b):
         assert np.array_equal(a.lidar.points, b.lidar.points) and np.array_equal(a.lidar.actor_ids, b.lidar.actor_ids)
     assert all(np.array_equal(a.actors.center, b.actors.center) for a, b in zip(states_a, states_b))
@@ -272,7 +294,7 @@ def test_bench_sim_reports_the_issue_numbers():
     """`adstack bench sim --json` prints these keys (sim.bench.bench_sim); values from a short run."""
     from sim.bench import bench_sim
     result = bench_sim(seconds=0.5, vehicles=20, pedestrians=20)
-    assert result["ticks"] == 10 and result["lidar_frames"] == 5
+    assert result["ticks"] == 10 and result["lidar_frames"] == 4  # delivered on ticks 3, 5, 7, 9
     for key in ("realtime_factor", "cpu_realtime_factor", "lidar_ms_per_frame", "lidar_cast_cpu_ms_per_frame",
                 "main_thread_cpu_ms_per_tick"):
         assert result[key] > 0, key
