@@ -137,7 +137,7 @@ class BagWriter:
 
     def write_trajectory(self, topic: str, traj: Trajectory, t: float | None = None) -> None:
         t_ns = _ns(traj.stamp if t is None else t)
-        self.write_msg(topic, rc.trajectory_to_msg(traj, self.factory), t_ns)
+        self.write_cdr(topic, "autoware_planning_msgs/msg/Trajectory", rc.trajectory_to_cdr(traj, self.store), t_ns)
         if self.markers:
             self.write_msg(topic + MARKERS_SUFFIX, rc.trajectory_to_markers(traj, factory=self.factory), t_ns)
 

@@ -681,6 +681,40 @@ def trajectory_to_msg(traj: Trajectory, factory=None):
                   points=points)
 
 
+def trajectory_to_cdr(traj: Trajectory, store=None) -> bytes:
+    """autoware_planning_msgs/Trajectory of ``traj`` as CDR bytes (with the encapsulation header),
+    identical to serializing :func:`trajectory_to_msg`, written as one numpy record array (a drive
+    logs one per planning cycle: building per-point messages cost milliseconds each)."""
+    if store is None:
+        from adstack.msgs import typestore
+
+        store = typestore()
+    array_type, point_type = "autoware_planning_msgs/msg/Trajectory", "autoware_planning_msgs/msg/TrajectoryPoint"
+    f = _rosbags_factory(store)
+    empty = f.make(array_type, header=header_msg(traj.stamp, traj.frame_id, f), points=[])
+    head = bytes(store.serialize_cdr(empty, array_type))[:-4]  # without the (zero) point count
+    pts = np.asarray(traj.points, dtype=np.float64).reshape(-1, 5)
+    n = len(pts)
+    parts = [head, np.uint32(n).tobytes()]
+    if n == 0:
+        return b"".join(parts)
+    dtypes = [_object_dtype(store, point_type, len(head) % 8), _object_dtype(store, point_type, 0)]
+    sec, nanosec = np.divmod(np.round(pts[:, 4] * 1e9).astype(np.int64), 1_000_000_000)  # as stamp_to_sec_nsec
+    values = {"time_from_start.sec": sec, "time_from_start.nanosec": nanosec,
+              "pose.position.x": pts[:, 0], "pose.position.y": pts[:, 1],
+              "pose.orientation.z": np.sin(pts[:, 2] / 2.0), "pose.orientation.w": np.cos(pts[:, 2] / 2.0),
+              "longitudinal_velocity_mps": pts[:, 3]}
+    for dtype, rows in ((dtypes[0], slice(0, 1)), (dtypes[1], slice(1, n))):
+        count = len(range(*rows.indices(n)))
+        if count <= 0:
+            continue
+        out = np.zeros(count, dtype)
+        for name, value in values.items():
+            out[name] = value[rows]
+        parts.append(out.tobytes())
+    return b"".join(parts)
+
+
 def trajectory_from_msg(msg) -> Trajectory:
     pts = np.array([(p.pose.position.x, p.pose.position.y, yaw_from_quaternion(p.pose.orientation),
                      p.longitudinal_velocity_mps, time_to_sec(p.time_from_start)) for p in msg.points],

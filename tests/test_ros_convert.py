@@ -128,6 +128,21 @@ def test_fast_objects_cdr_equals_the_serializer(frame_id, n, tracked):
     assert rc.objects_to_cdr(boxes, tracked, ROSBAGS.store) == reference
 
 
+@pytest.mark.parametrize("frame_id", ["m", "map", "base_lnk", "velodyne_top"])  # every start offset mod 8
+@pytest.mark.parametrize("n", [0, 1, 2, 7])
+def test_fast_trajectory_cdr_equals_the_serializer(frame_id, n):
+    rng = np.random.default_rng(n)
+    t = np.sort(rng.uniform(0, 8, n))
+    t[:1] = 0.0
+    if n > 2:
+        t[2] = 0.9999999999  # rounds up to a whole second
+    traj = Trajectory(np.column_stack([rng.normal(size=(n, 2)) * 100, rng.uniform(-4, 4, n), rng.uniform(0, 20, n), t]),
+                      frame_id, 12.375)
+    msg = rc.trajectory_to_msg(traj, ROSBAGS)
+    reference = bytes(ROSBAGS.store.serialize_cdr(msg, rc.msg_typename(msg)))
+    assert rc.trajectory_to_cdr(traj, ROSBAGS.store) == reference
+
+
 def test_from_cdr():
     _, _, ego, boxes, _ = _values()
     back = rc.from_cdr(rc.objects_to_cdr(boxes, tracked=True), "autoware_perception_msgs/msg/TrackedObjects")
