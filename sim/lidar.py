@@ -767,14 +767,20 @@ class Lidar:
         self._cast_later(job, start_col, end_col, buffers)
         self._queue.finish()
 
-    def _cast_later(self, job: tuple, start_col: int, end_col: int, buffers: tuple, handoff: bool = False) -> None:
+    def _cast_later(self, job: tuple, start_col: int, end_col: int, buffers: tuple, handoff: bool = False,
+                    sweep: "_Sweep | None" = None, completes: bool = False) -> None:
         """Queue the cast for the background threads; ``_queue.finish()`` completes it. ``handoff``:
         one chunk that a background thread casts (a single kernel call, bounds included) while the
-        caller goes on."""
+        caller goes on. ``sweep``: the revolution these columns belong to (``completes``: its last
+        ones), compacted by whichever thread casts its last chunk."""
         if self.config.cast_threads <= 1:
+            if sweep is not None:
+                sweep.add_chunks(1, completes)
             self._cast_columns(job, start_col, end_col, buffers)
+            if sweep is not None:
+                sweep.chunk_done()
         else:
-            self._queue.put(job, start_col, end_col, buffers, handoff=handoff)
+            self._queue.put(job, start_col, end_col, buffers, handoff=handoff, sweep=sweep, completes=completes)
 
     def worker_pool(self) -> ThreadPoolExecutor:
         """The background threads (``cast_threads - 1``, at least one), started on first use."""
@@ -793,19 +799,28 @@ class Lidar:
 
 # Casts are queued in chunks of this many columns (1/8 revolution) that any thread may take.
 CHUNK_COLUMNS = 128
-# How long the caller waits for a background thread to pick up a handed-off cast before going on
+# How long the caller waits for a background thread to pick up a handed-off cast before going on: an
+# idle core wakes the thread in tens of microseconds; a loaded machine may take milliseconds
 # (the GIL: see _CastQueue). A cast nobody took by ``finish`` is cast by the caller.
-PICKUP_TIMEOUT_S = 0.002
+PICKUP_TIMEOUT_S = 0.0005
+# How long ``finish`` waits for a chunk a background thread is casting before casting it itself: on
+# an idle core it is done in well under a millisecond; on a loaded machine the thread may wait
+# milliseconds for a core, and the simulation should not wait with it.
+FINISH_TIMEOUT_S = 0.001
+
+_QUEUED, _RUNNING, _DONE, _ABANDONED = range(4)
 
 
 class _CastQueue:
     """Chunks of prepared casts that the lidar's background threads and the caller take in turn.
 
     Background threads take chunks from the back of the queue, the caller (``finish``) from the
-    front; every chunk is cast straight into its revolution's buffers (disjoint columns), and
-    ``finish`` returns once every chunk is done: it casts what nobody took and then waits, without
-    the GIL (and so without its core), for the chunks being cast. Every ray's result depends only on
-    its column and the cast's inputs, so the outcome is the same whoever casts which chunk.
+    front; every chunk is cast straight into its revolution's buffers (disjoint columns). ``finish``
+    casts what nobody took, waits up to FINISH_TIMEOUT_S for the chunks being cast and casts the
+    late ones itself (same columns, same values). A late thread that still writes into a buffer set
+    is a straggler: ``wait_for_stragglers`` holds the next revolution on that set until it is gone.
+    Every ray's result depends only on its column and the cast's inputs, so the outcome is the same
+    whoever casts which chunk.
 
     The GIL: the simulation's thread holds it through SUMO's step (libsumo does not release it), so
     a background thread that needs it waits up to ``sys.getswitchinterval()`` (5 ms). Hence a
@@ -816,25 +831,35 @@ class _CastQueue:
         self.lidar = lidar
         self.lock = threading.Lock()
         self._changed = threading.Condition(self.lock)  # a chunk was taken or finished
-        self._queued: deque = deque()  # (job, start, end, buffers)
-        self._running = 0  # chunks background threads are casting
+        self._queued: deque = deque()  # chunks: [state, job, start, end, buffers, sweep]
+        self._taken: list = []  # chunks background threads took since the last finish
+        self._stragglers: dict[int, int] = {}  # id(buffers) -> abandoned chunks still being cast into them
         self._error: BaseException | None = None
-        self.chunks_cast_here = 0  # by the caller
+        self.chunks_cast_here = 0  # by the caller: queued ones nobody took, plus late ones
+        self.chunks_recast = 0  # of those, taken by a background thread that was not done in time
         self.chunks_from_background = 0
 
-    def put(self, job: tuple, start_col: int, end_col: int, buffers: tuple, handoff: bool = False) -> None:
+    def put(self, job: tuple, start_col: int, end_col: int, buffers: tuple, handoff: bool = False,
+            sweep: "_Sweep | None" = None, completes: bool = False) -> None:
         """Queue columns [start_col, end_col). ``handoff``: as one chunk, for a background thread to
-        cast while the caller goes on; returns once a thread has taken it (or after PICKUP_TIMEOUT_S)."""
-        step = (end_col - start_col) if handoff else CHUNK_COLUMNS
+        cast while the caller goes on; returns once a thread has taken it (or after PICKUP_TIMEOUT_S).
+        ``sweep``/``completes``: see ``Lidar._cast_later``."""
+        step = max(1, (end_col - start_col) if handoff else CHUNK_COLUMNS)
         with self.lock:
-            for start in range(start_col, end_col, max(1, step)):
-                self._queued.append((job, start, min(end_col, start + step), buffers))
+            starts = range(start_col, end_col, step)
+            if sweep is not None:  # counted before any of them can finish
+                sweep.add_chunks(len(starts), completes)
+            for start in starts:
+                self._queued.append([_QUEUED, job, start, min(end_col, start + step), buffers, sweep])
         pool = self.lidar.worker_pool()
         for _ in range(self.lidar.config.cast_threads - 1):
             pool.submit(self._work)
         if handoff:
             with self._changed:
                 self._changed.wait_for(lambda: not self._queued, PICKUP_TIMEOUT_S)
+
+    def _cast(self, chunk: list) -> None:
+        self.lidar._cast_columns(chunk[1], chunk[2], chunk[3], chunk[4])
 
     def _work(self) -> None:
         """A background thread: cast queued chunks until none is left."""
@@ -843,32 +868,65 @@ class _CastQueue:
                 if not self._queued:
                     return
                 chunk = self._queued.pop()
-                self._running += 1
+                chunk[0] = _RUNNING
+                self._taken.append(chunk)
                 self._changed.notify_all()
+            error = None
             try:
-                self.lidar._cast_columns(*chunk)
+                self._cast(chunk)
             except BaseException as exc:  # re-raised on the caller's thread by finish()
-                with self.lock:
-                    self._error = exc
+                error = exc
             with self.lock:
-                self._running -= 1
-                self.chunks_from_background += 1
+                mine = chunk[0] == _RUNNING  # else the caller cast it meanwhile and did the accounting
+                if mine:
+                    chunk[0] = _DONE
+                    self.chunks_from_background += 1
+                    if error is not None:
+                        self._error = error
+                else:
+                    key = id(chunk[4])
+                    self._stragglers[key] -= 1
+                    if not self._stragglers[key]:
+                        del self._stragglers[key]
                 self._changed.notify_all()
+            if mine and error is None and chunk[5] is not None:
+                chunk[5].chunk_done()
 
     def finish(self) -> None:
-        """Complete every queued cast: cast here what no background thread took, wait for the rest."""
+        """Complete every queued cast: cast here what no background thread took, wait a little for
+        the chunks being cast, cast here the ones still not done."""
         while True:
             with self.lock:
                 chunk = self._queued.popleft() if self._queued else None
+                if chunk is not None:
+                    chunk[0] = _DONE
             if chunk is None:
                 break
             self.chunks_cast_here += 1
-            self.lidar._cast_columns(*chunk)
+            self._cast(chunk)
+            if chunk[5] is not None:
+                chunk[5].chunk_done()
         with self._changed:
-            self._changed.wait_for(lambda: self._running == 0)
+            self._changed.wait_for(lambda: all(c[0] != _RUNNING for c in self._taken), FINISH_TIMEOUT_S)
+            late = [c for c in self._taken if c[0] == _RUNNING]
+            for chunk in late:
+                chunk[0] = _ABANDONED
+                self._stragglers[id(chunk[4])] = self._stragglers.get(id(chunk[4]), 0) + 1
+            self._taken = []
             error, self._error = self._error, None
         if error is not None:
             raise error
+        for chunk in late:  # its thread has no core (or is slow): cast it here, same values
+            self.chunks_cast_here += 1
+            self.chunks_recast += 1
+            self._cast(chunk)
+            if chunk[5] is not None:
+                chunk[5].chunk_done()
+
+    def wait_for_stragglers(self, buffers: tuple) -> None:
+        """Block until no abandoned chunk is still being cast into ``buffers`` (before reusing them)."""
+        with self._changed:
+            self._changed.wait_for(lambda: id(buffers) not in self._stragglers)
 
 
 def ray_buffers(config: LidarConfig) -> tuple:
@@ -877,6 +935,41 @@ def ray_buffers(config: LidarConfig) -> tuple:
     shape = (config.columns, config.channels)
     return (np.empty(shape, np.float32), np.empty(shape, np.float32), np.empty(shape, np.int32),
             np.empty(shape, np.int64))
+
+
+class _Sweep:
+    """One revolution of a ``SpinningLidar``: its ray buffers, its parts (start, end, sensor pose),
+    the chunks still being cast. Once it is complete, the thread that casts its last chunk also
+    compacts it into points (usually the background thread, off the simulation's critical path)."""
+
+    def __init__(self, lidar: Lidar, buffers: tuple):
+        self.lidar = lidar
+        self.buffers = buffers
+        self.parts: list[tuple[int, int, tuple]] = []
+        self.outstanding = 0  # chunks queued and not yet cast
+        self.complete = False  # every part queued
+        self.compacted: tuple | None = None  # (points, labels, actor_ids)
+        self.stamp = 0.0
+        self.final_pose: tuple = ()
+
+    def add_chunks(self, n: int, completes: bool) -> None:
+        """Under the queue's lock (or on the only thread)."""
+        self.outstanding += n
+        self.complete = self.complete or completes
+
+    def chunk_done(self) -> None:
+        with self.lidar._queue.lock:
+            self.outstanding -= 1
+            ready = self.complete and self.outstanding == 0
+        if ready:
+            self.compact()
+
+    def compact(self) -> tuple:
+        if self.compacted is None:
+            lidar = self.lidar
+            self.compacted = _compact(*self.buffers, self.parts[0][0], self.parts[-1][1], lidar._cos_el,
+                                      lidar._sin_el, lidar._cos_az, lidar._sin_az)
+        return self.compacted
 
 
 class SpinningLidar:
@@ -920,22 +1013,23 @@ class SpinningLidar:
         self._revolution = 0
         self._ticks = 0
         self._done = 0  # columns cast in total
-        self._parts: list[tuple[int, int, tuple]] = []  # (start, end, sensor pose) of this revolution
-        self._pending: tuple | None = None  # (stamp, final pose, parts, buffers) awaiting delivery
+        self._sweep = _Sweep(lidar, self._buffer_sets[0])  # the revolution being swept
+        self._pending: _Sweep | None = None  # a complete revolution awaiting delivery
 
-    @property
-    def _buffers(self) -> tuple:
-        return self._buffer_sets[self._revolution % 2]
+    def _new_sweep(self) -> _Sweep:
+        buffers = self._buffer_sets[self._revolution % 2]
+        self.lidar._queue.wait_for_stragglers(buffers)  # a thread still writing there (very late) first
+        return _Sweep(self.lidar, buffers)
 
     @property
     def pending_stamp(self) -> float | None:
-        return None if self._pending is None else self._pending[0]
+        return None if self._pending is None else self._pending.stamp
 
     def reset(self) -> None:
         self._wait()
         self._ticks = 0
         self._done = 0
-        self._parts = []
+        self._sweep = self._new_sweep()
         self._pending = None
 
     def close(self) -> None:
@@ -947,7 +1041,7 @@ class SpinningLidar:
         if self._pending is None:
             return None
         self._wait()
-        frame = self._assemble(*self._pending)
+        frame = self._assemble(self._pending)
         self._pending = None
         return frame
 
@@ -971,27 +1065,30 @@ class SpinningLidar:
             start = self._done % columns
             end = min(columns, start + (target - self._done))
             job = lidar._prepare(pose, actors, scenery, ground_z, ground_slope)
-            self._parts.append((start, end, pose))
+            sweep = self._sweep
+            sweep.parts.append((start, end, pose))
             self._done += end - start
             completes = end == columns
+            if completes:
+                sweep.stamp, sweep.final_pose = float(stamp), pose
             if completes and not self.deliver_next_tick:
                 lidar._bounds(job)  # this thread casts at once: its bounds first, not by two threads at once
-                lidar._cast_later(job, start, end, self._buffers)
+                lidar._cast_later(job, start, end, sweep.buffers, sweep=sweep, completes=True)
                 self._wait()  # this thread casts what is left, then the revolution is complete
-                frame = self._assemble(stamp, pose, self._parts, self._buffers)
+                frame = self._assemble(sweep)
             else:
-                lidar._cast_later(job, start, end, self._buffers, handoff=True)
+                lidar._cast_later(job, start, end, sweep.buffers, handoff=True, sweep=sweep, completes=completes)
                 if completes:
-                    self._pending = (stamp, pose, self._parts, self._buffers)
+                    self._pending = sweep
             if completes:
-                self._parts = []
                 self._revolution += 1
+                self._sweep = self._new_sweep()
         return frame
 
-    def _assemble(self, stamp: float, final_pose: tuple, parts: list, buffers: tuple) -> PointCloud:
+    def _assemble(self, sweep: _Sweep) -> PointCloud:
         lidar = self.lidar
-        points, labels, actor_ids = _compact(*buffers, parts[0][0], parts[-1][1], lidar._cos_el,
-                                             lidar._sin_el, lidar._cos_az, lidar._sin_az)
+        points, labels, actor_ids = sweep.compact()  # usually done already, by the thread that cast the last chunk
+        stamp, final_pose, parts, buffers = sweep.stamp, sweep.final_pose, sweep.parts, sweep.buffers
         if self.motion_compensate:
             rot_final = rotation_rpy(*final_pose[3:])
             first = 0

@@ -1,6 +1,7 @@
 """Simulated lidar: geometry of the returns, labels, noise, dropout, mounting, spinning accumulation."""
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -435,3 +436,40 @@ def test_chunks_cast_by_any_thread_equal_one_cast():
     assert queue.chunks_cast_here + queue.chunks_from_background == 3 * 1024 // 128
     with pytest.raises(DataError, match="cast_threads"):
         LidarConfig(cast_threads=0)
+
+
+def test_a_late_background_thread_changes_nothing(monkeypatch):
+    """A background thread without a core: the caller waits briefly, casts the late chunks itself
+    and goes on; the thread's late writes (same values) and the buffer reuse two revolutions later
+    leave every frame equal, bit for bit, to a single thread's."""
+    import threading
+    import sim.lidar as lidar_module
+
+    serial = Lidar(LidarConfig(cast_threads=1), seed=7)
+    expected = []
+    spinning = SpinningLidar(serial, tick_s=0.05)
+    for k in range(1, 13):
+        ego, actors, scenery = _moving_scene(k)
+        expected.append(spinning.tick(0.05 * k, ego, actors, scenery))
+    main = threading.main_thread()
+    original = lidar_module.Lidar._cast_columns
+
+    def slow_in_background(self, *args, **kwargs):
+        if threading.current_thread() is not main:
+            time.sleep(0.02)  # 20 x FINISH_TIMEOUT_S
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(lidar_module.Lidar, "_cast_columns", slow_in_background)
+    lidar = Lidar(LidarConfig(cast_threads=2), seed=7)
+    spinning = SpinningLidar(lidar, tick_s=0.05, deliver_next_tick=True)
+    got = []
+    for k in range(1, 14):
+        ego, actors, scenery = _moving_scene(k)
+        got.append(spinning.tick(0.05 * k, ego, actors, scenery))
+    spinning.close()
+    lidar.close()
+    assert lidar._queue.chunks_recast > 0
+    for a, b in zip(expected, got[1:]):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert np.array_equal(a.points, b.points) and np.array_equal(a.actor_ids, b.actor_ids)
