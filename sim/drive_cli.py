@@ -10,7 +10,7 @@ def add_drive_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``drive`` and ``eval``."""
     parser.add_argument("--map-dir", action="append", default=[], metavar="DIR",
                         help="where to find <Town>.xodr, after the built-in maps (repeatable)")
-    parser.add_argument("--planner", default="expert", choices=["expert", "learned"])
+    parser.add_argument("--planner", default="expert", choices=["expert"])  # = sim.drive.PLANNERS (imported lazily)
     parser.add_argument("--perception", default="ground_truth", choices=["ground_truth", "lidar"],
                         help="objects the planner sees: ground truth, or detections on the simulated lidar")
     parser.add_argument("--seconds", type=float, default=None, help="cap on simulated time (default: route timeout)")
