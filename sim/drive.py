@@ -164,6 +164,8 @@ def drive(opts: DriveOptions) -> tuple[dict, int, object]:
         raise UserError(f"unknown planner {opts.planner!r}; choose from {', '.join(PLANNERS)}")
     if opts.perception not in PERCEPTION_MODES:
         raise UserError(f"unknown perception {opts.perception!r}; choose from {', '.join(PERCEPTION_MODES)}")
+    if not (math.isfinite(opts.log_lidar_hz) and opts.log_lidar_hz >= 0):
+        raise UserError(f"--log-lidar-hz must be a finite number >= 0, got {opts.log_lidar_hz}")
     try:
         spec, hdmap, route = load_route(opts)
     except UserError as err:

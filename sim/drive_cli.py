@@ -20,6 +20,9 @@ def add_drive_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vehicles", type=int, default=None, help="SUMO vehicles (default: world config)")
     parser.add_argument("--pedestrians", type=int, default=None, help="SUMO pedestrians (default: world config)")
     parser.add_argument("--no-log", action="store_true", help="do not write log.mcap")
+    parser.add_argument("--log-lidar-hz", type=float, default=1.0,
+                        help="lidar sweeps per second in log.mcap (10 = every sweep, ~16 MB a second: what "
+                             "`adstack replay` needs to replay the stack as it ran; default 1)")
     parser.add_argument("--no-safety", action="store_true",
                         help="run the planner without the safety layer (the planning node always uses it)")
 
@@ -41,7 +44,8 @@ def options_from_args(args, route_id: str, out: str):
                         seconds=args.seconds, seed=args.seed, variant=args.variant, lidar=not args.no_lidar,
                         vehicles=args.vehicles, pedestrians=args.pedestrians, log=not args.no_log,
                         progress=not getattr(args, "quiet", False),
-                        safety=not getattr(args, "no_safety", False), viz=getattr(args, "viz", False))
+                        safety=not getattr(args, "no_safety", False), viz=getattr(args, "viz", False),
+                        log_lidar_hz=args.log_lidar_hz)
 
 
 def run(args) -> int:

@@ -2,7 +2,8 @@
 
 Input: any rosbag2 bag (MCAP or sqlite3 directory, or a bare ``.mcap``) holding a
 ``sensor_msgs/PointCloud2`` lidar topic and a ``nav_msgs/Odometry`` topic; names are remappable.
-Our own drive logs also carry ground-truth objects, which turn on the detection metrics.
+Our own drive logs also carry ground-truth objects, which turn on the detection metrics, and the
+route and traffic-light states, which turn on planning and control.
 
 Per cloud, in bag order, the same rules as the ROS 2 nodes (perception/lidar_node.py,
 fusion/tracking_node.py), so the in-process replay and the graph replay give the same outputs:
@@ -15,13 +16,21 @@ fusion/tracking_node.py), so the in-process replay and the graph replay give the
 4. detect (sensor frame -> map frame with that pose), then track the detections as the tracking
    node receives them (through the DetectedObjects message).
 
-With ``graph="ros2"`` the lidar_detector and tracker nodes run as processes and get the same clouds
-over DDS in lockstep (:class:`GraphStack`); the in-process stack runs alongside and the report says
-whether every frame came out the same.
+Per kinematic state, in bag order, when a route is known (the bag's, or ``--routes``/``--route-id``),
+the rules of planning/planning_node.py and control/control_node.py: a planning cycle when the state
+opens a new ``planner_hz`` period of sensor time, the expert on the latest *tracked* objects and light
+states behind the safety layer (objects older than ``objects_timeout_s``: controlled stop), then one
+command on the latest trajectory. Every input crosses a serialized message first, as in the graph.
 
-Outputs: ``OUT/replay.mcap`` (detections and tracks with marker arrays, and the input clouds,
-odometry, /tf, ground truth and route passed through on the stack's standard topics),
-``OUT/replay.json`` (frames, drops, per-stage latency, and metrics where there is ground truth).
+With ``graph="ros2"`` the lidar_detector, tracker, planner and controller nodes run as processes and
+get the same inputs over DDS in lockstep (:class:`GraphStack`); the in-process stack runs alongside
+and the report says whether every frame, trajectory and command came out the same.
+
+Outputs: ``OUT/replay.mcap`` (detections and tracks with marker arrays, trajectories and commands,
+and the input clouds, odometry, /tf, ground truth, light states and route passed through on the
+stack's standard topics), ``OUT/replay.json`` (frames, drops, per-stage latency, planning counts,
+and metrics where there is ground truth), ``OUT/route.xml`` (the route planned on, when it came
+from the bag).
 
 Detection metrics follow perception/metrics.py (nuScenes-style, BEV centre distance). Ground truth
 is taken at each cloud's stamp, interpolated per object id between the two bracketing ground-truth
@@ -55,6 +64,7 @@ ROLES = {
     "odom": (("nav_msgs/msg/Odometry",), topics.KINEMATIC_STATE, True),
     "gt": (OBJECT_TYPES, topics.GROUND_TRUTH_OBJECTS, False),
     "route": (("std_msgs/msg/String",), topics.ROUTE, False),
+    "lights": (("autoware_perception_msgs/msg/TrafficLightGroupArray",), topics.TRAFFIC_SIGNALS, False),
 }
 AUTO_PICK_ROLES = ("lidar", "odom")  # a lone topic of the right type is taken when the default is absent
 OUTPUT_FILE = "replay.mcap"
@@ -76,6 +86,12 @@ class ReplayOptions:
     node_timeout_s: float = 30.0     # ros2: wait for the nodes to start / answer one cloud
     overwrite: bool = True
     progress: bool = True
+    # The route for planning and control when the bag carries none (or to override it), as the
+    # planning node takes it: a Leaderboard route file and id, optionally the map and map folders.
+    routes: str = ""
+    route_id: str = ""
+    map: str = ""
+    map_dirs: list = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,6 +341,7 @@ class InProcessStack:
         self.tracker = MultiObjectTracker(self.tracker_config)
 
     def process(self, cloud: PointCloud, pose: EgoState, new_run: bool = False) -> tuple[Boxes, Boxes, dict]:
+        pose = through_odometry(pose)  # the lidar node's pose went through an Odometry message
         t0 = time.perf_counter()
         if len(cloud) == 0:
             detections = Boxes(frame_id="map", stamp=cloud.stamp)
@@ -345,22 +362,387 @@ class InProcessStack:
 
 
 # --------------------------------------------------------------------------------------------
+# Route, planning and control, in process
+
+
+ROUTE_FILE = "route.xml"
+ROUTE_WAYPOINT_SPACING_M = 25.0
+# The logged path is the drive's dense route rounded to 1 mm; re-planned through the lane graph it
+# comes back within millimetres (4 mm on sim/routes/town01_demo.xml route 0). Half a metre apart
+# means another lane was taken somewhere: then the route is not the one that was driven.
+ROUTE_MATCH_TOL_M = 0.5
+
+
+def planning_node_config():
+    """The planning node's parameters from its parameter file (route fields filled in later)."""
+    from adstack.config import load_params
+    from adstack.node import param_file
+    from planning.planning_node import PlanningNodeConfig
+    return load_params(PlanningNodeConfig, param_file("planning", "planning_node"))
+
+
+def controller_config():
+    from adstack.config import load_params
+    from adstack.node import param_file
+    from control import ControllerConfig
+    return load_params(ControllerConfig, param_file("control", "controller"))
+
+
+def _route_message(reader, roles: dict) -> dict | None:
+    """The last route message of the bag as a dict (ours: {"route_id", "town", "path"}), or None."""
+    if not roles.get("route"):
+        return None
+    data = None
+    for _, _, msg in reader.messages([roles["route"]]):
+        try:
+            value = json.loads(msg.data)
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(value, dict):
+            data = value
+    return data
+
+
+def route_waypoints_from_path(hdmap, path: np.ndarray, spacing_m: float = ROUTE_WAYPOINT_SPACING_M):
+    """Sparse waypoints ((N,2), (N,) yaw) along a dense logged path: start, goal, and a point about
+    every ``spacing_m`` that lies on no junction lane (the Leaderboard snaps each waypoint to the
+    nearest lane whatever its heading, and lanes overlap in junctions)."""
+    step = np.diff(path, axis=0)
+    s = np.concatenate([[0.0], np.cumsum(np.hypot(step[:, 0], step[:, 1]))])
+    tangent = np.gradient(path, axis=0)
+    yaw = np.arctan2(tangent[:, 1], tangent[:, 0])
+    keys, _, _ = hdmap.nearest_lanes(path, yaw)
+    in_junction = np.array([hdmap.lanes[k].is_junction for k in keys])
+    picks = [0]
+    for i in range(1, len(path) - 1):
+        if s[i] - s[picks[-1]] >= spacing_m and not in_junction[i]:
+            picks.append(i)
+    picks.append(len(path) - 1)
+    return path[picks], yaw[picks]
+
+
+def _path_deviation_m(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest distance from a point of either path to the other path's points (both ~1 m spaced)."""
+    from scipy.spatial import cKDTree
+    return float(max(cKDTree(b).query(a)[0].max(), cKDTree(a).query(b)[0].max()))
+
+
+@dataclass
+class RoutePlan:
+    """What the planner runs on: the planning node's parameters with the route set, and the map."""
+
+    params: object          # PlanningNodeConfig (routes, route_id, map, map_dirs set)
+    hdmap: object
+    route: object           # hdmap.routing.Route
+    info: dict
+
+
+def resolve_route(opts: ReplayOptions, route_data: dict | None, out: Path) -> tuple[RoutePlan | None, str]:
+    """(RoutePlan, "") or (None, why planning and control are skipped).
+
+    ``--routes``/``--route-id`` win (a bad file or id is the user's error: UserError). Otherwise the
+    bag's route message: ours holds the town and the dense path, which is re-planned through the lane
+    graph from sparse waypoints written to OUT/route.xml, so that the in-process planner and the
+    planning node load the very same route the way the node loads one (a route file and an id)."""
+    from sim.drive import load_route_from_params
+    if bool(opts.routes) != bool(opts.route_id):
+        raise UserError("--routes and --route-id go together")
+    params = planning_node_config()
+    params.map = opts.map or ""
+    params.map_dirs = ",".join(str(Path(d).resolve()) for d in opts.map_dirs)
+    if opts.routes:
+        params.routes, params.route_id = str(Path(opts.routes).resolve()), str(opts.route_id)
+        _, hdmap, route = load_route_from_params(params)
+        return RoutePlan(params, hdmap, route, {"source": "--routes", "routes": params.routes,
+                                                "route_id": params.route_id, "map": hdmap.name}), ""
+    if route_data is None:
+        return None, (f"no route known (the bag has no route on {topics.ROUTE}; "
+                      "give --routes FILE --route-id ID)")
+    try:
+        path = np.asarray(route_data.get("path", []), dtype=np.float64).reshape(-1, 2)
+    except (TypeError, ValueError):
+        path = np.zeros((0, 2))
+    town = opts.map and Path(opts.map).stem or str(route_data.get("town") or "")
+    if len(path) < 2 or not np.isfinite(path).all():
+        return None, f"the route on {topics.ROUTE} holds no usable path; give --routes FILE --route-id ID"
+    if not town:
+        return None, f"the route on {topics.ROUTE} names no town; give --map MAP (or --routes FILE --route-id ID)"
+    from hdmap import load_map
+    from hdmap.route_writer import write_route_file
+    route_id = str(route_data.get("route_id", "bag"))
+    try:
+        hdmap = load_map(opts.map or town, map_dirs=opts.map_dirs)
+        points, yaw = route_waypoints_from_path(hdmap, path)
+        params.routes = str(write_route_file(out / ROUTE_FILE, town, [(route_id, points, yaw)]).resolve())
+        params.route_id = route_id
+        _, hdmap, route = load_route_from_params(params)
+    except UserError as err:
+        return None, f"the route on {topics.ROUTE} cannot be planned on {town}: {err}"
+    deviation = _path_deviation_m(path, route.path)
+    if deviation > ROUTE_MATCH_TOL_M:
+        return None, (f"the route on {topics.ROUTE} re-planned on {hdmap.name} strays {deviation:.2f} m from the "
+                      f"logged path (limit {ROUTE_MATCH_TOL_M} m); give --routes FILE --route-id ID")
+    return RoutePlan(params, hdmap, route, {"source": "bag", "routes": params.routes, "route_id": route_id,
+                                            "map": hdmap.name, "waypoints": len(points),
+                                            "max_deviation_m": round(deviation, 4)}), ""
+
+
+def light_table(hdmap, start: tuple[float, float, float]) -> dict:
+    """Group id -> static light (id, position, governed lanes), as the sim bridge publishes it on
+    /simulation/traffic_light_table for the planning node: our drive logs carry the light states,
+    and the rest comes from the same map's SUMO net (a world with no traffic, started and closed)."""
+    from sim.world import World, WorldConfig
+    cfg = WorldConfig.load()
+    cfg.lidar = False
+    cfg.traffic.vehicles, cfg.traffic.pedestrians, cfg.traffic.warmup_s = 0, 0, 0.0
+    world = World(hdmap, cfg, seed=0)
+    try:
+        lights = world.reset((*start, 0.0)).traffic_lights
+    finally:
+        world.close()
+    table = {str(rc.traffic_light_group_id(light.id)): {"id": light.id, "position": np.asarray(light.position).tolist(),
+                                                        "lanes": [list(x) for x in light.lanes]} for light in lights}
+    return json.loads(json.dumps(table))  # as the node receives it: JSON lists, not tuples
+
+
+def through_odometry(ego: EgoState) -> EgoState:
+    """``ego`` as a node's subscriber sees it (through nav_msgs/Odometry: yaw through a quaternion)."""
+    return rc.ego_from_odometry(_wire(rc.odometry_to_msg(ego, factory=_bag_factory())))
+
+
+def through_trajectory(traj):
+    """``traj`` as the controller node (and the replay's recording) sees it: through the Trajectory message."""
+    return rc.trajectory_from_msg(_wire(rc.trajectory_to_msg(traj, factory=_bag_factory())))
+
+
+def through_command(cmd):
+    return rc.command_from_msg(_wire(rc.command_to_msg(cmd, factory=_bag_factory())))
+
+
+def through_lights(lights: list, stamp: float) -> list:
+    return rc.traffic_lights_from_msg(_wire(rc.traffic_lights_to_msg(lights, stamp, factory=_bag_factory())))
+
+
+class _Counts(dict):
+    def add(self, key: str) -> None:
+        self[key] = self.get(key, 0) + 1
+
+
+def _receive_ego(ego: EgoState, order, problems: _Counts, prefix: str) -> tuple[EgoState | None, bool]:
+    """adstack.node_io.receive_odometry's rules on an already decoded kinematic state."""
+    from adstack.node_io import MalformedMessage, check_ego
+    try:
+        ego = check_ego(ego, "input/kinematic_state")
+    except MalformedMessage as exc:
+        problems.add(f"malformed_odometry.{exc.kind}")
+        return None, False
+    result = order.check(ego.stamp)
+    if result in ("duplicate_stamp", "out_of_order_stamp"):
+        problems.add(f"{prefix}{result}")
+        return None, False
+    return ego, result == "clock_jump_back"
+
+
+class PlanningStage:
+    """The planning node (planning/planning_node.py) without ROS, on its inputs as it receives them:
+    planner (expert) behind the safety layer, a cycle per kinematic state that opens a new period of
+    ``planner_hz`` on the sensor-time grid, on the latest tracked objects and light states; objects
+    older than ``objects_timeout_s`` or a planner that raises give the safety layer's controlled stop.
+    The node's wall-clock watchdog has no counterpart: in a replay, sensor time is the only clock."""
+
+    def __init__(self, plan: RoutePlan, table: dict):
+        from adstack.node_io import StampGuard
+        from planning.safety import SafetyConfig, SafetyLayer
+        from sim.drive import make_planner
+        self.params = plan.params
+        self.planner = make_planner(self.params.planner, plan.hdmap, plan.route)
+        self.safety = SafetyLayer(SafetyConfig.load())
+        self.table = table
+        self.objects: Boxes | None = None
+        self.objects_stamp = -np.inf
+        self.lights: list = []
+        self.lights_stamp = -np.inf
+        self.last_plan_stamp = -np.inf
+        self.last_good = None
+        self.odom_order, self.objects_order, self.lights_order = StampGuard(), StampGuard(), StampGuard()
+        self.problems, self.actions = _Counts(), _Counts()
+        self.light_states = self.light_states_unknown = 0
+
+    def on_objects(self, boxes: Boxes) -> None:
+        from adstack.node_io import MalformedMessage, clean_boxes
+        try:
+            boxes, dropped = clean_boxes(boxes, "input/objects")
+        except MalformedMessage as exc:
+            self.problems.add(f"malformed_objects.{exc.kind}")
+            return
+        if dropped:
+            self.problems.add("nonfinite_objects")
+        order = self.objects_order.check(boxes.stamp)
+        if order == "out_of_order_stamp":
+            self.problems.add("objects_out_of_order_stamp")
+            return
+        self.objects, self.objects_stamp = boxes, boxes.stamp
+
+    def on_lights(self, lights: list, stamp: float) -> None:
+        from planning.planning_node import lights_from_table
+        n_states = len(lights)
+        lights = lights_from_table(self.table, lights)
+        self.light_states += n_states
+        self.light_states_unknown += n_states - len(lights)  # no table entry: the node ignores them too
+        order = self.lights_order.check(stamp)
+        if order == "out_of_order_stamp":
+            self.problems.add("traffic_signals_out_of_order_stamp")
+            return
+        self.lights, self.lights_stamp = lights, stamp
+
+    def on_odometry(self, ego: EgoState):
+        """The trajectory for this kinematic state when a cycle is due (else None)."""
+        from adstack.node_io import new_period
+        ego, jumped_back = _receive_ego(ego, self.odom_order, self.problems, "odometry_")
+        if ego is None:
+            return None
+        if jumped_back:
+            self.last_plan_stamp, self.last_good = -np.inf, None
+        if not new_period(ego.stamp, self.last_plan_stamp, 1.0 / self.params.planner_hz):
+            return None
+        self.last_plan_stamp = ego.stamp
+        return self.plan(ego)
+
+    def plan(self, ego: EgoState):
+        stale = []
+        if ego.stamp - self.objects_stamp > self.params.objects_timeout_s:
+            stale.append("objects")
+        proposal = None
+        if not stale:
+            try:
+                proposal = self.planner.step(ego, self.objects, self.lights, ego.stamp)
+            except Exception:
+                self.problems.add("planner_failed")
+        try:
+            traj, status = self.safety.check(ego, proposal, self.objects if not stale else None, ego.stamp, stale,
+                                             self.last_good)
+        except Exception:
+            self.problems.add("safety_failed")
+            traj, status = self.safety.minimal_risk(ego, None, ego.stamp, "safety layer failed")
+        self.actions.add(status.action)
+        if proposal is not None and status.action != "minimal_risk_stop":
+            self.last_good = proposal
+        traj.stamp = ego.stamp
+        return traj
+
+
+class ControlStage:
+    """The control node (control/control_node.py) without ROS: one command per kinematic state, on
+    the latest trajectory; when a plan is due for this state (lockstep, ``sync_trajectory_period_s``)
+    it is the trajectory planned from this very state."""
+
+    def __init__(self):
+        from adstack.node_io import StampGuard
+        from control import Controller
+        self.core = Controller(controller_config())
+        self.trajectory = None
+        self.odom_order = StampGuard()
+        self.problems, self.statuses = _Counts(), _Counts()
+
+    def on_trajectory(self, traj) -> None:
+        from adstack.node_io import MalformedMessage, check_trajectory
+        try:
+            traj = check_trajectory(traj, "input/trajectory")
+        except MalformedMessage as exc:
+            self.problems.add(f"malformed_trajectory.{exc.kind}")
+            return
+        if self.trajectory is not None and traj.stamp < self.trajectory.stamp:
+            if self.trajectory.stamp - traj.stamp <= 5.0:
+                self.problems.add("trajectory_out_of_order_stamp")
+                return
+        self.trajectory = traj
+
+    def on_odometry(self, ego: EgoState, planned=None):
+        """The command for this kinematic state (None when the state is dropped); ``planned``: the
+        trajectory the planner made from it, if it made one (the node waits for it in lockstep)."""
+        ego, jumped_back = _receive_ego(ego, self.odom_order, self.problems, "")
+        if ego is None:
+            return None
+        if jumped_back:
+            self.trajectory = None
+        if planned is not None:
+            self.on_trajectory(planned)
+        try:
+            command = self.core.step(ego, self.trajectory, ego.stamp)
+        except Exception:
+            self.problems.add("controller_failed")
+            self.core.reset()
+            command = self.core.step(ego, None, ego.stamp)
+        self.statuses.add(self.core.debug.status)
+        command.stamp = ego.stamp
+        return command
+
+
+def compare_trajectories(a, b) -> tuple[bool, float]:
+    """(same, max abs difference) of two trajectories as received (x, y, yaw, v, t per point)."""
+    if a is None or b is None:
+        return a is None and b is None, (0.0 if a is None and b is None else math.inf)
+    if a.points.shape != b.points.shape or abs(a.stamp - b.stamp) > 1e-6:
+        return False, math.inf
+    if not len(a.points):
+        return True, 0.0
+    d = np.abs(a.points - b.points)
+    d[:, 2] = np.abs(_wrap(a.points[:, 2] - b.points[:, 2]))
+    diff = float(d.max())
+    return diff <= CONTROL_TOLERANCE, diff
+
+
+def compare_commands(a, b) -> tuple[bool, float]:
+    if a is None or b is None:
+        return a is None and b is None, (0.0 if a is None and b is None else math.inf)
+    diff = max(abs(a.steer - b.steer), abs(a.accel - b.accel))
+    return diff <= CONTROL_TOLERANCE and abs(a.stamp - b.stamp) <= 1e-6, diff
+
+
+# Both sides compare what crossed a message (serialized to CDR: float32 speed, steering and
+# acceleration; yaw through a quaternion), computed from the same inputs by the same code, and they
+# agree to the bit (max difference 0.0 over 80 cycles of an 8 s Town01 drive). The tolerance only
+# leaves room for float64 rounding should a library order a sum differently in another process; it
+# is far below the float32 step of the message fields (~1e-7 relative), so a real difference shows.
+CONTROL_TOLERANCE = 1e-9
+
+
+# --------------------------------------------------------------------------------------------
 # The stack as the ROS 2 graph
 
 
 class GraphStack:
-    """The ``lidar_detector`` and ``tracker`` nodes of launch/graph.yaml as separate processes, fed
-    in lockstep over DDS: publish the odometry up to the cloud's stamp + ``max_pose_age_s`` and the
-    cloud, then wait for the detections and tracks stamped with the cloud's stamp before the next.
+    """The nodes of launch/graph.yaml as separate processes, fed in lockstep over DDS.
+
+    Perception: publish the odometry up to the cloud's stamp + ``max_pose_age_s`` and the cloud, then
+    wait for the detections and tracks stamped with the cloud's stamp before the next. The lidar node
+    looks up the pose *nearest* its cloud's stamp, which may come after the cloud, so it gets those
+    poses ahead of time on a topic of its own (``LIDAR_POSE_TOPIC``, the one remapping changed).
+
+    Planning and control (with ``planning``): the planner and controller get the kinematic state on
+    the standard topic in bag order, as the in-process stack does; after each, the player waits for
+    the trajectory (when a cycle is due) and the command stamped with it. The tracks (from the
+    tracker) and light states (from the player) reach the planner from other writers than the
+    kinematic state, so a state goes out ``INPUT_HEAD_START_S`` after the last of them. The planner
+    does not wait for inputs stamped like its state (``sync_timeout_s`` 0: our logs hold tracks and
+    lights at lower rates than the state); the controller does wait for the trajectory planned from
+    its state (``sync_trajectory_period_s``), as in ``adstack launch sim``. The nodes' wall-clock
+    silence watchdogs are off: in lockstep the player holds sensor time while a node thinks.
+
     Lockstep makes the comparison with the in-process stack exact: no sample is skipped or reordered.
     """
 
     name = "ros2"
-    NODES = ("lidar_detector", "tracker")
+    PERCEPTION_NODES = ("lidar_detector", "tracker")
+    PLANNING_NODES = ("planner", "controller")
     STAMP_TOLERANCE_NS = 1000  # float seconds cannot carry every nanosecond of an epoch stamp
     POSE_HEAD_START_S = 0.1  # odometry goes out at least this long before its cloud
+    INPUT_HEAD_START_S = 0.1  # tracks and light states land at the planner before the next state
+    LIDAR_POSE_TOPIC = "/replay/lidar/kinematic_state"
 
-    def __init__(self, model: str, node_cfg, out: Path, domain_id: int | None = None, timeout_s: float = 30.0):
+    def __init__(self, model: str, node_cfg, out: Path, domain_id: int | None = None, timeout_s: float = 30.0,
+                 planning: RoutePlan | None = None, table: dict | None = None):
+        import dataclasses
         import os
         import subprocess
 
@@ -368,17 +750,26 @@ class GraphStack:
         from adstack.launch_runner import free_domain_id, node_command
         from adstack.node_io import msg_class
 
+        types = ["PointCloud2", "Odometry", "DetectedObjects", "TrackedObjects"]
+        if planning is not None:
+            types += ["Trajectory", "Control", "TrafficLightGroupArray", "String"]
         try:
             from rclpy.type_support import check_for_type_support
-            for name in ("PointCloud2", "Odometry", "DetectedObjects", "TrackedObjects"):
+            for name in types:
                 check_for_type_support(msg_class(name))
         except Exception as exc:  # ImportError, or rosidl's UnsupportedTypeSupport when a library is missing
             raise UserError(f"--graph ros2 needs rclpy and the Autoware message types: {exc}") from None
         self.node_cfg = node_cfg
         self.timeout_s = timeout_s
+        self.planning = planning
+        self.table = table or {}
         self.domain_id = domain_id if domain_id is not None else free_domain_id()
         specs = {n.name: n for n in all_nodes()}
-        self.specs = {name: specs[name] for name in self.NODES}
+        names = self.PERCEPTION_NODES + (self.PLANNING_NODES if planning is not None else ())
+        self.specs = {name: specs[name] for name in names}
+        lidar = self.specs["lidar_detector"]
+        self.specs["lidar_detector"] = dataclasses.replace(
+            lidar, remappings={**lidar.remappings, "input/kinematic_state": self.LIDAR_POSE_TOPIC})
         log_dir = Path(out) / "nodes"
         log_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
@@ -390,6 +781,12 @@ class GraphStack:
             # clouds between two processes here (0-5 of 20; 20 of 20 reliable or with 32 MB
             # shared-memory segments); a lost one would cost a resend each.
             params["lidar_detector"]["reliable_input"] = True
+        if planning is not None:
+            p = planning.params
+            params["planner"] = {"routes": p.routes, "route_id": p.route_id, "map": p.map, "map_dirs": p.map_dirs,
+                                 "odometry_timeout_s": 0.0, "sync_timeout_s": 0.0}
+            params["controller"] = {"odometry_timeout_s": 0.0, "sync_trajectory_period_s": 1.0 / p.planner_hz,
+                                    "sync_timeout_s": float(timeout_s)}
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen] = {}
         for name, spec in self.specs.items():
@@ -408,7 +805,7 @@ class GraphStack:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
 
-        from adstack.node import reliable_qos
+        from adstack.node import latched_qos, reliable_qos
         from adstack.node_io import msg_class
 
         # Fast DDS reads the discovery range from this process's environment.
@@ -429,25 +826,48 @@ class GraphStack:
         det_remap = self.specs["lidar_detector"].remappings
         trk_remap = self.specs["tracker"].remappings
         self.cloud_pub = self.node.create_publisher(msg_class("PointCloud2"), det_remap["input/pointcloud"], reliable_qos())
-        self.odom_pub = self.node.create_publisher(msg_class("Odometry"), det_remap["input/kinematic_state"], reliable_qos())
-        self.received: dict[str, dict[int, tuple[float, Boxes]]] = {"detections": {}, "tracks": {}}
+        self.pose_pub = self.node.create_publisher(msg_class("Odometry"), det_remap["input/kinematic_state"],
+                                                   reliable_qos())
+        self.received: dict[str, dict[int, tuple[float, object]]] = {"detections": {}, "tracks": {}, "trajectory": {},
+                                                                      "command": {}}
         self.node.create_subscription(msg_class("DetectedObjects"), det_remap["output/objects"],
                                       lambda m: self._on_objects("detections", m), reliable_qos(100))
         self.node.create_subscription(msg_class("TrackedObjects"), trk_remap["output/objects"],
                                       lambda m: self._on_objects("tracks", m), reliable_qos(100))
         self.n_poses_sent = 0
         self.poses_sent_at = -math.inf
+        self.inputs_sent_at = -math.inf
         self.resends = 0
         self.answer_s: list[float] = []
-        deadline = time.monotonic() + self.timeout_s
         det_topic, trk_topic = det_remap["output/objects"], trk_remap["output/objects"]
         # Every link of the chain must exist before the first cloud: reliable, volatile topics do not
         # deliver what was published before the reader matched, and a tracker that misses the first
         # detections would make the comparison fail. The tracker's reader of the detections is the
-        # second subscriber there (ours is the first).
-        while not (self.cloud_pub.get_subscription_count() and self.odom_pub.get_subscription_count()
-                   and self.node.count_publishers(det_topic) and self.node.count_publishers(trk_topic)
-                   and self.node.count_subscribers(det_topic) >= 2):
+        # second subscriber there (ours is the first); the planner's reader of the tracks likewise.
+        links = [lambda: self.cloud_pub.get_subscription_count(), lambda: self.pose_pub.get_subscription_count(),
+                 lambda: self.node.count_publishers(det_topic), lambda: self.node.count_publishers(trk_topic),
+                 lambda: self.node.count_subscribers(det_topic) >= 2]
+        if self.planning is not None:
+            from planning.planning_node import TRAFFIC_LIGHT_TABLE
+            plan_remap = self.specs["planner"].remappings
+            ctrl_remap = self.specs["controller"].remappings
+            traj_topic, cmd_topic = plan_remap["output/trajectory"], ctrl_remap["output/control_cmd"]
+            self.odom_pub = self.node.create_publisher(msg_class("Odometry"), plan_remap["input/kinematic_state"],
+                                                       reliable_qos())
+            self.lights_pub = self.node.create_publisher(msg_class("TrafficLightGroupArray"),
+                                                         plan_remap["input/traffic_signals"], reliable_qos())
+            self.table_pub = self.node.create_publisher(msg_class("String"), TRAFFIC_LIGHT_TABLE, latched_qos())
+            self.table_pub.publish(rc.string_msg(json.dumps(self.table)))
+            self.node.create_subscription(msg_class("Trajectory"), traj_topic, self._on_trajectory, reliable_qos(100))
+            self.node.create_subscription(msg_class("Control"), cmd_topic, self._on_command, reliable_qos(100))
+            links += [lambda: self.odom_pub.get_subscription_count() >= 2,   # planner and controller
+                      lambda: self.lights_pub.get_subscription_count(), lambda: self.table_pub.get_subscription_count(),
+                      lambda: self.node.count_subscribers(trk_topic) >= 2,
+                      lambda: self.node.count_publishers(traj_topic),
+                      lambda: self.node.count_subscribers(traj_topic) >= 2,
+                      lambda: self.node.count_publishers(cmd_topic)]
+        deadline = time.monotonic() + self.timeout_s
+        while not all(link() for link in links):
             self._check_alive()
             if time.monotonic() > deadline:
                 raise UserError(f"the replay nodes did not come up within {self.timeout_s:g} s; see {self.log_dir}")
@@ -458,6 +878,13 @@ class GraphStack:
     def _on_objects(self, kind: str, msg) -> None:
         boxes = rc.boxes_from_objects(msg)
         self.received[kind][rc.time_to_ns(msg.header.stamp)] = (time.perf_counter(), boxes)
+
+    def _on_trajectory(self, msg) -> None:
+        stamp_ns = rc.time_to_ns(msg.header.stamp)
+        self.received["trajectory"][stamp_ns] = (time.perf_counter(), rc.trajectory_from_msg(msg))
+
+    def _on_command(self, msg) -> None:
+        self.received["command"][rc.time_to_ns(msg.stamp)] = (time.perf_counter(), rc.command_from_msg(msg))
 
     def _check_alive(self) -> None:
         dead = {name: p.returncode for name, p in self.procs.items() if p.poll() is not None}
@@ -480,7 +907,7 @@ class GraphStack:
         cloud seen before its pose is matched with an older one."""
         window = poses.up_to(cloud.stamp + self.node_cfg.max_pose_age_s)
         for ego in window[self.n_poses_sent:]:
-            self.odom_pub.publish(rc.odometry_to_msg(ego))
+            self.pose_pub.publish(rc.odometry_to_msg(ego))
         if len(window) > self.n_poses_sent:
             self.poses_sent_at = time.monotonic()
         self.n_poses_sent = len(window)
@@ -532,7 +959,45 @@ class GraphStack:
                 next_resend = now + self._resend_after_s()
         (t_det, det), (t_trk, trk) = got["detections"], got["tracks"]
         self.answer_s.append(t_det - t0)
+        self.inputs_sent_at = time.monotonic()  # the planner got the tracks about when we did
         return det, trk, {"detections_e2e": (t_det - t0) * 1e3, "tracks_e2e": (t_trk - t0) * 1e3}
+
+    def send_lights(self, lights: list, stamp: float) -> None:
+        self.lights_pub.publish(rc.traffic_lights_to_msg(lights, stamp))
+        self.inputs_sent_at = time.monotonic()
+
+    def plan_and_control(self, ego: EgoState, want_trajectory: bool, want_command: bool):
+        """Publish one kinematic state (as decoded from the bag: it crosses one Odometry message, as
+        the in-process stack's copy does) to the planner and controller; wait for the trajectory (when
+        the in-process planner planned a cycle for it) and the command. Returns (trajectory, command,
+        latencies in ms from the state's publication)."""
+        stamp_ns = int(round(ego.stamp * 1e9))
+        self._spin_for(self.INPUT_HEAD_START_S - (time.monotonic() - self.inputs_sent_at))
+        t0 = time.perf_counter()
+        self.odom_pub.publish(rc.odometry_to_msg(ego))
+        wanted = [k for k, w in (("trajectory", want_trajectory), ("command", want_command)) if w]
+        got: dict[str, tuple[float, object]] = {}
+        deadline = time.monotonic() + self.timeout_s
+        while len(got) < len(wanted):
+            self.executor.spin_once(timeout_sec=0.005)
+            for kind in wanted:
+                if kind not in got:
+                    item = self._take(kind, stamp_ns)
+                    if item is not None:
+                        got[kind] = item
+            if len(got) < len(wanted) and time.monotonic() > deadline:
+                self._check_alive()
+                missing = " and ".join(k for k in wanted if k not in got)
+                raise UserError(f"no {missing} for the kinematic state stamped {ego.stamp:.3f} within "
+                                f"{self.timeout_s:g} s; see {self.log_dir}")
+        ms = {f"{k}_e2e": (t - t0) * 1e3 for k, (t, _) in got.items()}
+        return (got["trajectory"][1] if "trajectory" in got else None,
+                got["command"][1] if "command" in got else None, ms)
+
+    def unexpected(self, settle_s: float = 0.3) -> dict:
+        """Outputs the graph made that the in-process stack did not (left over after the replay)."""
+        self._spin_for(settle_s)
+        return {k: len(v) for k, v in self.received.items() if v}
 
     def close(self) -> None:
         from adstack.launch_runner import stop_all
@@ -552,7 +1017,13 @@ def through_messages(boxes: Boxes, tracked: bool) -> Boxes:
     """``boxes`` as a node's subscriber sees them: through the Autoware object message (labels map
     onto Autoware's classes, scores to float32)."""
     msg = (rc.tracked_objects_to_msg if tracked else rc.detected_objects_to_msg)(boxes, factory=_bag_factory())
-    return rc.boxes_from_objects(msg)
+    return rc.boxes_from_objects(_wire(msg))
+
+
+def _wire(msg):
+    """``msg`` serialized to CDR and back, as DDS carries it: float32 fields come back rounded."""
+    store, name = _bag_factory().store, rc.msg_typename(msg)
+    return store.deserialize_cdr(store.serialize_cdr(msg, name), name)
 
 
 @lru_cache(maxsize=1)
@@ -622,13 +1093,29 @@ def format_report(report: dict) -> str:
                              f"{'-' if ap is None else format(ap, '.3f'):>8}{'-' if rec is None else format(rec, '.3f'):>11}")
             m = metrics[stage]["mAP"]
             lines.append(f"{stage:<11}{'mAP':<12}{'':>12}{'-' if m is None else format(m, '.3f'):>8}")
+    planning = report.get("planning")
+    if planning is not None and "skipped" in planning:
+        lines.append(f"planning and control: skipped: {planning['skipped']}")
+    elif planning is not None:
+        r = planning["route"]
+        how = (f"re-planned from the bag's path through {r['waypoints']} waypoints, within {r['max_deviation_m']:g} m"
+               if r["source"] == "bag" else f"from {r['routes']}")
+        actions = ", ".join(f"{k} {v}" for k, v in sorted(planning["safety_actions"].items()))
+        lights = planning["traffic_lights"]
+        lines.append(f"planning: {planning['cycles']} trajectories ({planning['planner']} + safety: {actions or '-'}), "
+                     f"control: {planning['commands']} commands; route {r['route_id']} on {r['map']} ({how}); "
+                     f"{lights['messages']} light-state messages, {lights['table_signals']} signals in the table")
     eq = report.get("equivalence")
     if eq is not None:
-        lines.append(f"graph vs in-process: {'SAME' if eq['same'] else 'DIFFERENT'} on {eq['frames']} frames "
-                     f"(max difference {eq['max_difference']:.2g}; {eq['resent_clouds']} clouds sent again)")
+        lines.append(f"graph vs in-process: {'SAME' if eq['same'] else 'DIFFERENT'} on {eq['frames']} frames, "
+                     f"{eq['planning_cycles']} trajectories, {eq['commands']} commands (max difference: objects "
+                     f"{eq['max_difference']:.2g}, trajectory {eq['max_trajectory_difference']:.2g}, command "
+                     f"{eq['max_command_difference']:.2g}; {eq['resent_clouds']} clouds sent again)")
         for d in eq["differing_frames"][:5]:
-            lines.append(f"  differs: cloud {d['stamp']:.3f} {d['stage']}: {d['inprocess']} in process, {d['graph']} "
+            lines.append(f"  differs: {d['stage']} at {d['stamp']:.3f}: {d['inprocess']} in process, {d['graph']} "
                          f"from the graph, difference {d['difference']}")
+        if eq.get("unexpected_graph_outputs"):
+            lines.append(f"  the graph also sent: {eq['unexpected_graph_outputs']}")
     return "\n".join(lines)
 
 
@@ -662,10 +1149,24 @@ def replay(opts: ReplayOptions) -> dict:
         node_cfg = lidar_node_config()
         poses, truth = _read_poses_and_truth(reader, roles)
         out.mkdir(parents=True, exist_ok=True)
+        plan, skipped = resolve_route(opts, _route_message(reader, roles), out)
+        planning = None
+        table: dict = {}
+        table_note = ""
+        if plan is not None:
+            if roles["lights"]:
+                try:
+                    table = light_table(plan.hdmap, (float(plan.route.path[0, 0]), float(plan.route.path[0, 1]),
+                                                     float(plan.route.yaw[0])))
+                except Exception as exc:  # the node, without a table, ignores light states: so do we
+                    table_note = f"no light table ({type(exc).__name__}: {exc}): light states ignored"
+            planning = (PlanningStage(plan, table), ControlStage())
+        elif opts.progress:
+            print(f"replay: planning and control skipped: {skipped}", file=sys.stderr, flush=True)
         inproc = InProcessStack(opts.model, node_cfg)
         graph = None
         if opts.graph == "ros2":
-            graph = GraphStack(opts.model, node_cfg, out, opts.domain_id, opts.node_timeout_s)
+            graph = GraphStack(opts.model, node_cfg, out, opts.domain_id, opts.node_timeout_s, plan, table)
         view = None
         if opts.viz:
             from adstack.viz import LiveView
@@ -675,7 +1176,8 @@ def replay(opts: ReplayOptions) -> dict:
         tmp_bag = out / ".replay.bag"
         writer = BagWriter(tmp_bag, overwrite=True)
         try:
-            frames, gate, stage_ms, compare = _run_loop(reader, roles, poses, node_cfg, inproc, graph, writer, view, opts)
+            frames, gate, stage_ms, compare, plan_counts = _run_loop(reader, roles, poses, node_cfg, inproc, planning,
+                                                                     graph, writer, view, opts)
         finally:
             writer.close()
             if graph is not None:
@@ -692,13 +1194,28 @@ def replay(opts: ReplayOptions) -> dict:
         "frames": {"clouds": n_clouds, "processed": len(frames), "dropped": dict(gate.drops),
                    "nonfinite_points_dropped": gate.nonfinite_points},
         "latency_ms": {stage: latency_summary(v) for stage, v in stage_ms.items()},
-        "outputs": [str(out / OUTPUT_FILE), str(out / REPORT_FILE)],
+        "outputs": [str(out / OUTPUT_FILE), str(out / REPORT_FILE)]
+                   + ([str(out / ROUTE_FILE)] if plan is not None and plan.info["source"] == "bag" else []),
     }
     if truth is None:
         report["metrics"] = None
         report["metrics_note"] = "no ground-truth objects in the bag"
     else:
         report.update(_metrics(frames, truth, roles["gt"], node_cfg))
+    if plan is None:
+        report["planning"] = {"skipped": skipped}
+    else:
+        planner, controller = planning
+        report["planning"] = {
+            "route": plan.info, "planner": plan.params.planner, "planner_hz": plan.params.planner_hz,
+            "traffic_lights": {"table_signals": len(table), "messages": plan_counts["lights"],
+                               "messages_dropped": plan_counts["lights_dropped"],
+                               "states": planner.light_states, "states_not_in_table": planner.light_states_unknown,
+                               **({"note": table_note} if table_note else {})},
+            "cycles": plan_counts["trajectories"], "commands": plan_counts["commands"],
+            "safety_actions": dict(planner.actions), "controller_status": dict(controller.statuses),
+            "problems": {**{f"planning.{k}": v for k, v in planner.problems.items()},
+                         **{f"control.{k}": v for k, v in controller.problems.items()}}}
     if compare is not None:
         report["equivalence"] = compare
     report["wall_s"] = round(time.perf_counter() - wall0, 3)
@@ -729,19 +1246,35 @@ def _metrics(frames: list[Frame], truth: GroundTruth, gt_topic: str, node_cfg) -
         "detection": detection_metrics(gts, dets), "tracking": detection_metrics(gts, trks)}}
 
 
-def _run_loop(reader, roles, poses, node_cfg, inproc, graph, writer, view, opts):
-    """The main loop over the bag in log-time order. Returns (frames, gate, stage latencies, comparison)."""
+def _run_loop(reader, roles, poses, node_cfg, inproc, planning, graph, writer, view, opts):
+    """The main loop over the bag in log-time order. Returns (frames, gate, stage latencies,
+    comparison, planning counts)."""
     gate = CloudGate(poses, node_cfg.max_points, node_cfg.max_pose_age_s)
     frames: list[Frame] = []
     stage_ms: dict[str, list[float]] = {"decode": [], "detect": [], "track": []}
+    if planning is not None:
+        stage_ms.update({"plan": [], "control": []})
     if graph is not None:
         stage_ms.update({"graph_detections_e2e": [], "graph_tracks_e2e": []})
-    same, max_diff, n_compared = True, 0.0, 0
-    differing: list[dict] = []
+        if planning is not None:
+            stage_ms.update({"graph_trajectory_e2e": [], "graph_command_e2e": []})
+    eq = {"frames": 0, "planning_cycles": 0, "commands": 0, "same": True, "max_difference": 0.0,
+          "max_trajectory_difference": 0.0, "max_command_difference": 0.0, "differing_frames": []}
+    counts = {"lights": 0, "lights_dropped": 0, "trajectories": 0, "commands": 0}
     route_xy = None
+    trajectory = None  # the latest plan (for the live view)
     first_log_ns, wall_start = None, time.perf_counter()
-    wanted = [t for t in (roles["lidar"], roles["odom"], roles["gt"], roles["route"]) if t]
+    wanted = [t for t in (roles["lidar"], roles["odom"], roles["gt"], roles["route"], roles["lights"]) if t]
     n_clouds = reader.topics[roles["lidar"]].count
+
+    def compared(stage: str, stamp: float, ok: bool, diff: float, key: str, mine, theirs) -> None:
+        eq["same"] &= ok
+        if math.isfinite(diff):
+            eq[key] = max(eq[key], diff)
+        if not ok and len(eq["differing_frames"]) < 20:
+            eq["differing_frames"].append({"stamp": stamp, "stage": stage, "inprocess": mine, "graph": theirs,
+                                           "difference": diff if math.isfinite(diff) else None})
+
     for topic, log_ns, msg in reader.messages(wanted):
         if first_log_ns is None:
             first_log_ns = log_ns
@@ -754,6 +1287,43 @@ def _run_loop(reader, roles, poses, node_cfg, inproc, graph, writer, view, opts)
             ego = rc.ego_from_odometry(msg)
             writer.write_odometry(topics.KINEMATIC_STATE, ego, t)
             writer.write_tf(ego, t=t)
+            if planning is None:
+                continue
+            planner, controller = planning
+            received = through_odometry(ego)
+            t0 = time.perf_counter()
+            planned = planner.on_odometry(received)
+            t1 = time.perf_counter()
+            planned = None if planned is None else through_trajectory(planned)
+            command = controller.on_odometry(received, planned)
+            t2 = time.perf_counter()
+            command = None if command is None else through_command(command)
+            if planned is not None:
+                stage_ms["plan"].append((t1 - t0) * 1e3)
+            if command is not None:
+                stage_ms["control"].append((t2 - t1) * 1e3)
+            if graph is not None and command is not None:
+                g_traj, g_cmd, g_ms = graph.plan_and_control(ego, planned is not None, True)
+                for kind, value in g_ms.items():
+                    stage_ms[f"graph_{kind}"].append(value)
+                if planned is not None:
+                    ok, diff = compare_trajectories(planned, g_traj)
+                    compared("trajectory", ego.stamp, ok, diff, "max_trajectory_difference", len(planned),
+                             None if g_traj is None else len(g_traj))
+                    eq["planning_cycles"] += 1
+                    planned = g_traj  # record what the graph produced
+                ok, diff = compare_commands(command, g_cmd)
+                compared("command", ego.stamp, ok, diff, "max_command_difference",
+                         [command.steer, command.accel], None if g_cmd is None else [g_cmd.steer, g_cmd.accel])
+                eq["commands"] += 1
+                command = g_cmd
+            if planned is not None:
+                trajectory = planned
+                counts["trajectories"] += 1
+                writer.write_trajectory(topics.TRAJECTORY, planned, t)
+            if command is not None:
+                counts["commands"] += 1
+                writer.write_command(topics.CONTROL_COMMAND, command, t)
         elif topic == roles["gt"]:
             writer.write_objects(topics.GROUND_TRUTH_OBJECTS, rc.boxes_from_objects(msg), t, tracked=True)
         elif topic == roles["route"]:
@@ -761,8 +1331,25 @@ def _run_loop(reader, roles, poses, node_cfg, inproc, graph, writer, view, opts)
                 data = json.loads(msg.data)
                 writer.write_json(topics.ROUTE, data, t)
                 route_xy = np.asarray(data.get("path", []), dtype=np.float64).reshape(-1, 2)
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, TypeError):
                 pass
+        elif topic == roles["lights"]:
+            try:  # the planning node's checks, then the states as it receives them
+                from adstack.node_io import check_sequence_length, check_traffic_signals
+                from planning.planning_node import MAX_LIGHT_GROUPS
+                check_sequence_length(msg, "traffic_light_groups", MAX_LIGHT_GROUPS, topic)
+                check_traffic_signals(msg, topic)
+                stamp = rc.time_to_sec(msg.stamp)
+                lights = through_lights(rc.traffic_lights_from_msg(msg), stamp)
+            except Exception:
+                counts["lights_dropped"] += 1
+                continue
+            counts["lights"] += 1
+            writer.write_traffic_lights(topics.TRAFFIC_SIGNALS, lights, stamp, t)
+            if planning is not None:
+                planning[0].on_lights(lights, stamp)
+                if graph is not None:
+                    graph.send_lights(lights, stamp)
         else:
             t0 = time.perf_counter()
             accepted = gate.accept(msg, topic)
@@ -775,6 +1362,8 @@ def _run_loop(reader, roles, poses, node_cfg, inproc, graph, writer, view, opts)
             detections, tracks, ms = inproc.process(cloud, pose, gate.new_run)
             stage_ms["detect"].append(ms["detect"])
             stage_ms["track"].append(ms["track"])
+            if planning is not None:
+                planning[0].on_objects(through_messages(tracks, tracked=True))
             if graph is not None:
                 g_det, g_trk, g_ms = graph.process(cloud, poses)
                 stage_ms["graph_detections_e2e"].append(g_ms["detections_e2e"])
@@ -783,27 +1372,25 @@ def _run_loop(reader, roles, poses, node_cfg, inproc, graph, writer, view, opts)
                                                      ("tracks", tracks, g_trk, True)):
                     ok, diff = compare_boxes(through_messages(mine, tracked), theirs)
                     ok = ok and np.array_equal(mine.ids, theirs.ids)
-                    same &= ok
-                    if math.isfinite(diff):
-                        max_diff = max(max_diff, diff)
-                    if not ok and len(differing) < 20:
-                        differing.append({"stamp": cloud.stamp, "stage": stage, "inprocess": len(mine),
-                                          "graph": len(theirs), "difference": diff if math.isfinite(diff) else None})
-                n_compared += 1
+                    compared(stage, cloud.stamp, ok, diff, "max_difference", len(mine), len(theirs))
+                eq["frames"] += 1
                 detections, tracks = g_det, g_trk  # record what the graph produced
             frames.append(Frame(cloud.stamp, log_ns, cloud, pose, detections, tracks, ms["detect"], ms["track"]))
             writer.write_pointcloud(topics.LIDAR_POINTS, cloud, t)
             writer.write_objects(topics.DETECTED_OBJECTS, detections, t, tracked=False)
             writer.write_objects(topics.TRACKED_OBJECTS, tracks, t, tracked=True)
             if view is not None:
-                view.publish_state(cloud.stamp, pose, cloud, tracks, None, route_xy)
+                view.publish_state(cloud.stamp, pose, cloud, tracks, trajectory, route_xy)
             if opts.progress and len(frames) % 10 == 0:
                 print(f"replay: {len(frames)}/{n_clouds} clouds", file=sys.stderr, flush=True)
     compare = None
     if graph is not None:
-        compare = {"frames": n_compared, "same": bool(same and n_compared > 0), "resent_clouds": graph.resends,
-                   "max_difference": max_diff, "differing_frames": differing}
-    return frames, gate, stage_ms, compare
+        extra = graph.unexpected()
+        if extra:  # outputs the in-process stack did not make (a cycle it did not plan, say)
+            eq["same"] = False
+            eq["unexpected_graph_outputs"] = extra
+        compare = {**eq, "same": bool(eq["same"] and eq["frames"] > 0), "resent_clouds": graph.resends}
+    return frames, gate, stage_ms, compare, counts
 
 
 def _json_default(v):
