@@ -68,6 +68,27 @@ def load_graph(path: str | Path | None = None) -> dict[str, list[NodeSpec]]:
     return graphs
 
 
+def graph_overrides(graph: str, path: str | Path | None = None) -> dict[str, dict]:
+    """Parameters the graph itself sets on its nodes, ``{node: {param: value}}``, on top of each
+    node's parameter file: ``use_sim_time`` for every node but the clock's publisher of a graph
+    listed under ``sim_time``."""
+    path = Path(path) if path else graph_file()
+    data = load_yaml(path)
+    graphs = load_graph(path)
+    if graph not in graphs:
+        raise DataError(f"no graph {graph!r} (graphs: {sorted(graphs)})", path)
+    sim_time = data.get("sim_time") or {}
+    if not isinstance(sim_time, dict):
+        raise DataError("'sim_time' must map a graph to the node that publishes /clock", path)
+    clock = sim_time.get(graph)
+    if clock is None:
+        return {}
+    names = [n.name for n in graphs[graph]]
+    if clock not in names:
+        raise DataError(f"sim_time: graph {graph!r} has no node {clock!r} to publish /clock", path)
+    return {name: {"use_sim_time": True} for name in names if name != clock}
+
+
 def all_nodes(path: str | Path | None = None) -> list[NodeSpec]:
     seen = {}
     for members in load_graph(path).values():

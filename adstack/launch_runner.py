@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from adstack.errors import UserError
-from adstack.launch_graph import load_graph
+from adstack.launch_graph import graph_overrides, load_graph
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,9 +102,11 @@ def node_command(spec, extra_params: dict) -> list[str]:
 
 def start_graph(graph: str, params_by_node: dict, out: Path, env: dict) -> dict[str, subprocess.Popen]:
     procs = {}
+    overrides = graph_overrides(graph)  # the graph's own (use_sim_time), then this run's
     for spec in load_graph()[graph]:
         log = open(out / f"{spec.name}.log", "w")
-        procs[spec.name] = subprocess.Popen(node_command(spec, params_by_node.get(spec.name, {})), env=env,
+        params = {**overrides.get(spec.name, {}), **params_by_node.get(spec.name, {})}
+        procs[spec.name] = subprocess.Popen(node_command(spec, params), env=env,
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return procs
 

@@ -22,6 +22,8 @@ TYPES = {
     "TrafficLightGroupArray": "autoware_perception_msgs/msg/TrafficLightGroupArray",
     "Trajectory": "autoware_planning_msgs/msg/Trajectory",
     "Control": "autoware_control_msgs/msg/Control",
+    "Clock": "rosgraph_msgs/msg/Clock",
+    "Float64": "std_msgs/msg/Float64",
 }
 
 

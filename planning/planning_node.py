@@ -1,4 +1,4 @@
-"""Planning node: the route's planner (expert or learned) behind the safety layer.
+"""Planning node: the route's planner (the expert) behind the safety layer.
 
 Inputs: tracked objects (map frame; or the simulator's ground truth), kinematic state, traffic-light
 states, and the route (loaded from the same route file and id as the map server, so the node needs no

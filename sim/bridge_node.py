@@ -64,6 +64,9 @@ class SimBridgeNode(Node):
         self.params = declare_params(self, BridgeConfig, param_file("sim", "bridge"))
         self.diag = Diagnostics(self, "sim bridge", period_s=self.params.diagnostics_period_s)
         # Reliable writers (best-effort readers match them too): in lockstep a lost sample is a lost tick.
+        # Simulation time for the graph (launch/graph.yaml `sim_time`: the other nodes use_sim_time):
+        # published first each tick, so a node's clock has reached a message's stamp when it arrives.
+        self.pub_clock = self.create_publisher(msg_class("Clock"), "/clock", reliable_qos())
         self.pub_cloud = self.create_publisher(msg_class("PointCloud2"), "output/pointcloud", reliable_qos(2))
         self.pub_odom = self.create_publisher(msg_class("Odometry"), "output/kinematic_state", reliable_qos())
         self.pub_gt = self.create_publisher(msg_class("TrackedObjects"), "output/ground_truth_objects", reliable_qos())
@@ -75,6 +78,13 @@ class SimBridgeNode(Node):
         self.create_subscription(msg_class("Control"), "input/control_cmd", self.on_command, reliable_qos())
         # The plans go into log.mcap as `adstack drive` logs them.
         self.create_subscription(msg_class("Trajectory"), topics.TRAJECTORY, self.on_trajectory, reliable_qos())
+        # Every stage's debug figures (adstack.node.StageTimer), summarised into result.json: pipeline
+        # latency in simulation time (the nodes use_sim_time), processing time in wall time.
+        self.stage_figures: dict[str, dict[str, list]] = {}
+        for name in self._stack_node_names():
+            for figure in ("pipeline_latency_ms", "processing_time_ms"):
+                self.create_subscription(msg_class("Float64"), f"/{name}/debug/{figure}",
+                                         lambda msg, n=name, f=figure: self.on_stage_figure(n, f, msg), 100)
         self.command = Command()
         self.pending: Command | None = None
         self.late_commands = 0
@@ -147,6 +157,27 @@ class SimBridgeNode(Node):
         if self.session is not None and cmd.stamp + 1e-6 >= self.session.state.t:
             self.pending = cmd
 
+    @staticmethod
+    def _stack_node_names() -> list[str]:
+        try:
+            from adstack.launch_graph import load_graph
+            return [spec.name for spec in load_graph()["sim"] if spec.module != "sim.bridge_node"]
+        except Exception:  # no description (an unusual install): no figures, nothing else lost
+            return []
+
+    def on_stage_figure(self, node: str, figure: str, msg) -> None:
+        value = float(msg.data)
+        if np.isfinite(value):
+            self.stage_figures.setdefault(node, {}).setdefault(figure, []).append(value)
+
+    def stage_summary(self) -> dict:
+        """{node: {figure: {n, p50, p99, max}}} over the run."""
+        out = {}
+        for node, figures in sorted(self.stage_figures.items()):
+            out[node] = {f: {"n": len(v), "p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99)),
+                             "max": float(np.max(v))} for f, v in sorted(figures.items()) if v}
+        return out
+
     def on_trajectory(self, msg) -> None:
         from adstack.ros_convert import trajectory_from_msg
         if self.session is None or self.finished:
@@ -159,6 +190,7 @@ class SimBridgeNode(Node):
     def publish_state(self) -> None:
         from adstack import ros_convert as rc
         state = self.session.state
+        self.pub_clock.publish(msg_class("Clock")(clock=rc.time_msg(state.t)))
         self.pub_odom.publish(rc.odometry_to_msg(state.ego))
         if state.lidar is not None:  # stamped with its sweep's end: with the default delivery, the previous tick
             self.pub_cloud.publish(rc.pointcloud_to_msg(state.lidar))
@@ -220,7 +252,8 @@ class SimBridgeNode(Node):
     def finish(self) -> None:
         self.finished = True
         result, _ = self.session.finish({"graph": "ros2 (adstack launch sim)", "late_commands": self.late_commands,
-                                         "bridge_problems": dict(self.diag.problems.counts)})
+                                         "bridge_problems": dict(self.diag.problems.counts),
+                                         "stages": self.stage_summary()})
         print(f"sim_bridge: route {result['route_id']}: {result['status']}, driving score "
               f"{result['driving_score']:.2f}", file=sys.stderr, flush=True)
         raise SystemExit(0)

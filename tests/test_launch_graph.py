@@ -78,7 +78,24 @@ def test_launch_files_start_exactly_the_described_graph(graph, monkeypatch):
     for node, s in zip(rec.nodes, expected):
         assert node["package"] == "adstack" and node["executable"] == s.executable
         assert dict(node["remappings"]) == s.remappings
-        assert node["parameters"] == [str(s.params_path)]
+        # the sim graph runs on the bridge's /clock: every other node gets use_sim_time
+        sim_time = [{"use_sim_time": True}] if graph == "sim" and s.name != "sim_bridge" else []
+        assert node["parameters"] == [str(s.params_path)] + sim_time
+
+
+def test_graph_overrides_put_the_sim_graph_on_simulation_time(tmp_path):
+    from adstack.launch_graph import graph_overrides
+    from adstack.launch_runner import node_command
+    overrides = graph_overrides("sim")
+    assert set(overrides) == {s.name for s in load_graph()["sim"]} - {"sim_bridge"}
+    assert all(v == {"use_sim_time": True} for v in overrides.values())
+    assert graph_overrides("stack") == {}
+    planner = next(s for s in load_graph()["sim"] if s.name == "planner")
+    assert "use_sim_time:=true" in node_command(planner, overrides["planner"])
+    bad = tmp_path / "graph.yaml"
+    bad.write_text("nodes:\n  a: {executable: x, module: m, params: p}\ngraphs:\n  g: [a]\nsim_time:\n  g: clock\n")
+    with pytest.raises(DataError, match="no node 'clock' to publish /clock"):
+        graph_overrides("g", bad)
 
 
 def test_a_malformed_description_is_a_clear_error(tmp_path):
