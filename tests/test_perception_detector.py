@@ -185,6 +185,23 @@ def test_targets_decode_back_to_the_boxes():
         assert decoded.label[j] == frame.boxes.label[i]
 
 
+def test_decode_drops_boxes_larger_than_any_road_user():
+    """A runaway size regression (seen on a real 32-beam scan) gives no box; plausible sizes pass."""
+    config = small_config()
+    n_classes = len(config.classes)
+    h, w = 16, 16
+    logits = torch.full((1, n_classes, h, w), -10.0)
+    box_map = torch.zeros((1, 8, h, w))
+    box_map[0, 7] = 1.0  # cos(yaw) = 1
+    sizes = {(3, 3): (4.5, 1.9, 1.6), (3, 10): (25.0, 2.5, 3.0), (10, 3): (12.0, 2.5, 6.0), (10, 10): (18.0, 2.6, 3.9)}
+    for (row, col), size in sizes.items():
+        logits[0, 0, row, col] = 5.0
+        box_map[0, 3:6, row, col] = torch.log(torch.tensor(size))
+    decoded = to_boxes(decode(logits, box_map, config)[0], config)
+    kept = sorted(tuple(np.round(s, 3)) for s in decoded.size.tolist())
+    assert kept == [(4.5, 1.9, 1.6), (18.0, 2.6, 3.9)]
+
+
 def test_targets_skip_invisible_out_of_range_and_other_classes():
     config = small_config()
     boxes = Boxes([[5, 0, -1], [40, 0, -1], [0, 5, -1], [0, -5, -1]], [[4, 2, 1.5]] * 4, [0, 0, 0, 0],

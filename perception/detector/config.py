@@ -54,6 +54,9 @@ class DecodeConfig:
     score_threshold: float = 0.2
     max_detections: int = 100              # top-k peaks over all classes
     nms_kernel: int = 3                    # max-pool peak extraction window (heatmap cells)
+    # Boxes larger than any road user (length, width, height in m; a long bus or truck fits) are
+    # dropped: on scans unlike its training data (another sensor) the size regression can run away.
+    max_size_m: tuple = (20.0, 4.0, 5.0)
 
 
 @dataclass

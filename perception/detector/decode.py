@@ -34,9 +34,10 @@ def decode(heatmap_logits: torch.Tensor, box_map: torch.Tensor, config: Detector
     z = codes[:, 2]
     size = codes[:, 3:6].clamp(max=5.0).exp()  # e^5 = 148 m: a bound against overflow, not a prior
     yaw = torch.atan2(codes[:, 6], codes[:, 7])
+    max_size = torch.as_tensor(config.decode.max_size_m, dtype=size.dtype, device=size.device)
     results = []
     for b in range(batch):
-        keep = scores[b] >= config.decode.score_threshold
+        keep = (scores[b] >= config.decode.score_threshold) & (size[b].t() <= max_size).all(dim=1)
         results.append({"center": torch.stack([x[b], y[b], z[b]], 1)[keep], "size": size[b].t()[keep],
                         "yaw": yaw[b][keep], "class_index": class_index[b][keep], "score": scores[b][keep]})
     return results
