@@ -659,11 +659,16 @@ def hdmap_lane_lookup(hdmap) -> LaneLookup:
         if key is None:
             return None
         lane = hdmap.lanes[key]
-        cx, cy = lane.interpolate([s])[0, :2]
-        i = int(np.clip(np.searchsorted(lane.s, s), 1, len(lane.s) - 1))
-        d = lane.centerline[i] - lane.centerline[i - 1]
-        return LaneSample(key, float(cx), float(cy), float(math.atan2(d[1], d[0])),
-                          float(np.interp(s, lane.s, lane.width)), bool(lane.is_junction))
+        # one segment lookup and scalar interpolation (called every tick: numpy's per-call overhead
+        # on 1-element arrays cost more than the nearest-lane query itself)
+        i = int(np.searchsorted(lane.s, s))
+        i = min(max(i, 1), len(lane.s) - 1)
+        s0, s1 = float(lane.s[i - 1]), float(lane.s[i])
+        f = min(max((s - s0) / (s1 - s0), 0.0), 1.0) if s1 > s0 else 0.0
+        (x0, y0), (x1, y1) = lane.centerline[i - 1].tolist(), lane.centerline[i].tolist()
+        w0, w1 = float(lane.width[i - 1]), float(lane.width[i])
+        return LaneSample(key, x0 + f * (x1 - x0), y0 + f * (y1 - y0), math.atan2(y1 - y0, x1 - x0),
+                          w0 + f * (w1 - w0), bool(lane.is_junction))
 
     return lane_of
 
