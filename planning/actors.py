@@ -31,7 +31,9 @@ KIND_STANDING = 1  # in the path, standing or moving across
 KIND_CROSSING = 2  # predicted to enter the path
 KIND_ADJACENT = 3  # in the next lane just ahead, about as fast as the ego: do not creep up beside it
 
-EXIT_CROSSING_LOOKAHEAD_S = 4.0  # pedestrians that reach the junction's exit crossing within this also count
+# Pedestrians that reach the junction's exit crossing within this also count: about the time the
+# ego needs from a standstill at the entry until its tail has cleared the exit crossing.
+EXIT_CROSSING_LOOKAHEAD_S = 6.0
 RELAXED_MARGIN_M = 0.1  # deadlock mode: lateral margin to vehicles
 RELAXED_MIN_GAP_M = 1.0  # deadlock mode: standstill gap to vehicles
 
@@ -101,8 +103,16 @@ def actor_obstacles(actors: Boxes | None, route: RouteView, window: slice, ego_x
     extent_along = np.abs(half_len * np.cos(rel_yaw)) + np.abs(half_wid * np.sin(rel_yaw))
     is_ped = a.label == int(ObjectClass.PEDESTRIAN)
     margin = np.where(is_ped, ac.lateral_margin_pedestrian_m, ac.lateral_margin_vehicle_m)
-    if relaxed:  # deadlock: squeeze past vehicles, never closer to pedestrians
-        margin = np.where(is_ped, ac.lateral_margin_pedestrian_m, RELAXED_MARGIN_M)
+    # A pedestrian walking along the path (the pavement beside it) is passed like lane traffic, with
+    # a smaller margin: stopping for it leaves the ego standing where it walks onto a crossing later.
+    # It is still passed slowly (kerb), and yielded to once it turns to cross.
+    walking_along = (is_ped & (np.hypot(a.velocity[:, 0], a.velocity[:, 1]) > ac.moving_speed_mps)
+                     & ((np.abs(rel_yaw) < ac.parallel_heading_rad) | (np.abs(rel_yaw) > np.pi - ac.parallel_heading_rad)))
+    margin = np.where(walking_along, ac.lateral_margin_pedestrian_along_m, margin)
+    if relaxed:  # deadlock: squeeze past vehicles, and past pedestrians standing beside the body
+        standing_ped = is_ped & (np.hypot(a.velocity[:, 0], a.velocity[:, 1]) <= ac.moving_speed_mps)
+        margin = np.where(is_ped, np.where(walking_along | standing_ped, ac.lateral_margin_pedestrian_along_m,
+                                           ac.lateral_margin_pedestrian_m), RELAXED_MARGIN_M)
     half_corridor = config.ego.width_m / 2 + extent_across + margin
     # On a curve the body swings out on the outer side only (lateral opposite to the curvature's sign);
     # the inner side, where pedestrians wait at the corner, keeps the plain corridor.
@@ -150,7 +160,7 @@ def actor_obstacles(actors: Boxes | None, route: RouteView, window: slice, ego_x
         out_idx.append(rows)
 
     kerb = (is_ped & ~now & ~in_path[:, 1:].any(axis=1) & ~beyond[:, 0]
-            & (np.abs(lateral[:, 0]) < half_corridor + ac.kerb_zone_m)
+            & (np.abs(lateral[:, 0]) < half_corridor + (ac.lateral_margin_pedestrian_m - margin) + ac.kerb_zone_m)
             & (along[:, 0] > s_front) & (along[:, 0] < s_front + ac.kerb_lookahead_m))
     caution_s = along[kerb, 0]
 
@@ -191,8 +201,8 @@ def _min_dist2(points: np.ndarray, path: np.ndarray) -> np.ndarray:
 
 def pedestrians_crossing_near(actors: Boxes | None, route: RouteView, window: slice, s_lo: float, s_hi: float,
                               max_lateral_m: float, moving_speed_mps: float) -> np.ndarray:
-    """Ids of pedestrians on or at the route between arc lengths s_lo and s_hi that are crossing
-    it (walking across, not along) or standing on the road within the corridor."""
+    """Ids of pedestrians on or at the route between arc lengths s_lo and s_hi, now or within
+    EXIT_CROSSING_LOOKAHEAD_S: walking within ``max_lateral_m`` of it, or standing on the road within the corridor."""
     if actors is None or len(actors) == 0:
         return np.zeros(0, np.int64)
     peds = (actors.label == int(ObjectClass.PEDESTRIAN)) & np.isfinite(actors.center[:, :2]).all(axis=1)
@@ -203,14 +213,15 @@ def pedestrians_crossing_near(actors: Boxes | None, route: RouteView, window: sl
     speed = np.hypot(vel[:, 0], vel[:, 1])
     near = np.zeros(len(speed), dtype=bool)
     # Where they are now and where they will be by the time the ego could be through the junction.
-    for horizon_s in (0.0, EXIT_CROSSING_LOOKAHEAD_S):
+    for horizon_s in (0.0, 0.5 * EXIT_CROSSING_LOOKAHEAD_S, EXIT_CROSSING_LOOKAHEAD_S):
         xy = actors.center[peds, :2] + vel * horizon_s
         j = np.argmin(_dist2(xy, path), axis=1)
         rel = xy - path[j]
         along = s_path[j] + np.einsum("ij,ij->i", rel, tangent[j])
         lateral = np.einsum("ij,ij->i", rel, normal[j])
-        across = np.abs(np.einsum("ij,ij->i", vel, normal[j])) > 0.5 * speed  # walking more across than along
-        crossing = (speed > moving_speed_mps) & across & (np.abs(lateral) < max_lateral_m)
+        # Walking across, or along the pavement into the crossing zone: SUMO's walkers turn onto a
+        # crossing without looking at the ego, so one that will be there counts whichever way it walks.
+        crossing = (speed > moving_speed_mps) & (np.abs(lateral) < max_lateral_m)
         standing_on_road = (speed <= moving_speed_mps) & (np.abs(lateral) < route.config.ego.width_m / 2 + 1.0)
         near |= (along > s_lo) & (along < s_hi) & (crossing | standing_on_road)
     return actors.ids[np.flatnonzero(peds)[near]]

@@ -28,7 +28,11 @@ from planning.signals import StopSigns, light_stop_lines
 from planning.speed_profile import simulate
 
 JUNCTION_LOOKAHEAD_M = 30.0  # look this far ahead for the next junction to clear before entering it
-_KIND_NAMES = {KIND_LEADER: "leader", KIND_STANDING: "in_path", KIND_CROSSING: "yield", KIND_ADJACENT: "adjacent"}
+CROSSED_LANE_WIDTH_M = 3.5  # extra standstill gap to a crossing vehicle: room for one more lane of cross traffic
+QUEUE_SPEED_MPS = 1.0  # a leader slower than this past a junction is a queue the ego waits for before the junction
+KIND_QUEUE = 4  # a leader waited for at the junction's entrance (no room past the junction)
+_KIND_NAMES = {KIND_LEADER: "leader", KIND_STANDING: "in_path", KIND_CROSSING: "yield", KIND_ADJACENT: "adjacent",
+               KIND_QUEUE: "queue"}
 
 
 @dataclass
@@ -36,7 +40,7 @@ class ExpertDebug:
     """Why the expert did what it did on its last step (for logs, labels and tests)."""
 
     # free | route_end | red_light:<id> | red_light_hold:<id> | yellow_light:<id> | stop_sign:<s> |
-    # lane_change_gap:<s> | leader:<id> | in_path:<id> | yield:<id> | adjacent:<id>
+    # lane_change_gap:<s> | leader:<id> | in_path:<id> | yield:<id> | adjacent:<id> | queue:<id>
     reason: str = "init"
     accel: float = 0.0  # IDM acceleration request of the first step
     route_s: float = 0.0  # ego (rear axle) arc length along the route
@@ -108,6 +112,7 @@ class Expert:
                 stop_s.append(s_hold)
                 stop_why.append(f"yield:{ped_id}")
         if not relaxed:  # in deadlock mode creep towards the conflict instead
+            self._keep_clear_of_the_near_lane(obstacles)
             self._wait_at_junction_entry(obstacles, s_front)
         self._stop_off_crossings(obstacles, s_front)
         n_stop = len(stop_s)
@@ -181,23 +186,59 @@ class Expert:
             if inside.any():
                 obstacles.s[k] = bands[inside, 0].min() - 0.5 + obstacles.min_gap[k]
 
+    def _keep_clear_of_the_near_lane(self, obstacles) -> None:
+        """Yield to a crossing vehicle one lane further back than where it enters the path: the
+        next one may cross in the nearer lane of the crossed road, and a car standing with its nose
+        in that lane is hit. At a junction the wait moves to the junction's entrance anyway."""
+        crossing_vehicle = (obstacles.kind == KIND_CROSSING) & (obstacles.label != int(ObjectClass.PEDESTRIAN))
+        if crossing_vehicle.any():
+            j = np.clip(np.searchsorted(self.route.s, obstacles.s), 0, len(self.route.s) - 1)
+            crossing_vehicle &= ~np.isfinite(self.route.hold_entry_s[j])
+            obstacles.min_gap = np.where(crossing_vehicle, obstacles.min_gap + CROSSED_LANE_WIDTH_M, obstacles.min_gap)
+
     def _wait_at_junction_entry(self, obstacles, s_front: float) -> None:
         """Yield before a junction, not inside it: a crossing or standing actor whose conflict point
-        lies in a junction the ego has not entered yet is waited for at the junction's entrance."""
+        lies in a junction the ego has not entered yet, or on the crossing just past its exit, is
+        waited for at the junction's entrance.
+
+        Do not block the junction either: a leader standing (or crawling) so close past the
+        junction that the ego, queued behind it, would stand inside the junction or on its exit
+        crossing is waited for at the entrance too, until there is room beyond the exit. A car
+        standing in a junction is run into by cross traffic, and pedestrians walk into a car
+        standing on their crossing."""
         route = self.route
         if len(obstacles.s) == 0 or not route.is_junction.any():
             return
         j = np.clip(np.searchsorted(route.s, obstacles.s), 0, len(route.s) - 1)
-        entry = route.junction_entry_s[j]
+        entry = route.hold_entry_s[j]
         move = (obstacles.kind == KIND_STANDING) | (obstacles.kind == KIND_CROSSING)
         move &= np.isfinite(entry) & (s_front < entry - 0.5)
+        runs = route.junction_runs
+        ahead = runs[runs[:, 0] > s_front + 0.5]
+        if len(ahead):
+            band = self.config.actors.crossing_band_m
+            queue = (obstacles.kind == KIND_LEADER) & (obstacles.speed < QUEUE_SPEED_MPS)
+            stop_front = obstacles.s - obstacles.min_gap
+            # The first junction ahead whose entry the leader is past and whose exit crossing the
+            # ego, stopped behind it, would not have cleared.
+            k = np.clip(np.searchsorted(ahead[:, 0], obstacles.s) - 1, 0, len(ahead) - 1)
+            blocked = queue & (ahead[k, 0] < obstacles.s) & (stop_front < ahead[k, 1] + band + 0.5)
+            blocked &= (s_front < ahead[k, 0] - 0.5)
+            # Only the first junction ahead: the ego is never held more than one junction early.
+            blocked &= ahead[k, 0] == ahead[0, 0]
+            entry = np.where(blocked, ahead[k, 0], entry)
+            move |= blocked
+            obstacles.speed = np.where(blocked, 0.0, obstacles.speed)
+            obstacles.kind = np.where(blocked, KIND_QUEUE, obstacles.kind)
         obstacles.s = np.where(move, np.minimum(obstacles.s, np.nan_to_num(entry, nan=np.inf)), obstacles.s)
 
     def _update_deadlock(self, reason: str, v: float, dt: float, s_ego: float) -> None:
         """Stopped behind actors that are not moving along with us for too long -> relaxed mode."""
         cfg = self.config
-        # Queues (leaders, even standing ones) resolve themselves; crossing and blocking actors may not.
-        blocked_by_actor = reason.startswith(("in_path:", "yield:"))
+        # Queues (leaders, even standing ones) resolve themselves; crossing and blocking actors may not,
+        # nor a queue that does not leave room past a junction (its head may be stuck in it): after
+        # deadlock_time_s the ego enters the junction and queues there after all.
+        blocked_by_actor = reason.startswith(("in_path:", "yield:", "queue:"))
         if v < 0.3 and blocked_by_actor:
             self._stuck_s += dt
         elif v > 1.0 or not blocked_by_actor:

@@ -62,6 +62,15 @@ class RouteView:
         self.junction_runs = np.column_stack([self.s[run_start], self.s[run_end]]) if len(run_start) else np.zeros((0, 2))
         self.crossing_bands = np.array([(s0 - 1.0, s0 + band) for s0 in self.s[run_start]]
                                        + [(s1 - band, s1 + 1.0) for s1 in self.s[run_end]]).reshape(-1, 2)
+        # Where to wait for something at route point i: inside a junction, or on the crossing just
+        # past its exit (a stop for it would leave the ego inside the junction), at the junction's
+        # entry; elsewhere NaN. Stopping inside a junction blocks cross traffic, which (SUMO's above
+        # all) then runs into the standing car.
+        self.hold_entry_s = self.junction_entry_s.copy()
+        for s0, s1 in self.junction_runs:
+            past_exit = (self.s > s1) & (self.s <= s1 + band + 1.0) & ~self.is_junction
+            self.hold_entry_s[past_exit] = np.where(np.isnan(self.hold_entry_s[past_exit]), s0,
+                                                    self.hold_entry_s[past_exit])
 
         sp = config.speed
         self.curvature = self._curvature(sp.curvature_window_m)

@@ -33,6 +33,9 @@ NETCONVERT_OPTIONS = ("--tls.guess-signals", "true", "--sidewalks.guess", "true"
                       "--output.original-names", "true")
 
 EGO_SUMO_ID = "ego"
+WALKER_HOLD_LOOKAHEAD_S = 0.6  # a walker whose next this-many seconds of walking enter the ego's box is stopped ...
+WALKER_HOLD_MARGIN_M = 0.4  # ... the box grown by this on every side ...
+WALKER_HOLD_EGO_SPEED_MPS = 2.0  # ... while the ego is slower than this (creeping included; a moving ego brakes for walkers)
 EGO_ACTOR_ID = 0
 
 
@@ -66,6 +69,13 @@ class TrafficConfig:
     pedestrian_size: tuple = (0.5, 0.6, 1.75)  # length, width, height (m)
     pedestrian_max_speed: float = 1.4  # m/s
     pedestrian_model: str = "striping"  # SUMO's: "striping" (walkers avoid each other) or "nonInteracting" (cheaper)
+    # A vehicle standing on a crossing blocks SUMO's walkers; after this long they squeeze through it
+    # (SUMO's default: 10 s, which walks them into a car waiting on the crossing for a queue to move).
+    pedestrian_crossing_jam_s: float = 60.0
+    # A walker about to walk into the standing ego is stopped; after this long it leaves (Traffic._hold_walkers).
+    walker_hold_max_s: float = 30.0
+    spawn_clearance_m: float = 30.0  # no new car starts on an edge that passes this close to the ego
+    stuck_in_ego_s: float = 10.0  # a road user standing this long overlapping the ego (a collision) is taken out
     warmup_s: float = 2.0  # SUMO runs this long before the first world tick so traffic is moving
     time_to_teleport_s: float = 120.0  # SUMO resolves gridlock by teleporting vehicles stuck this long
     refill_period_s: float = 1.0  # how often routes are extended and missing actors re-spawned
@@ -83,6 +93,14 @@ class TrafficConfig:
         self.pedestrian_size = tuple(float(v) for v in self.pedestrian_size)
         if len(self.pedestrian_size) != 3 or min(self.pedestrian_size) <= 0:
             raise DataError(f"pedestrian_size must be 3 positive numbers, got {self.pedestrian_size}", "traffic")
+        if not self.pedestrian_crossing_jam_s > 0:
+            raise DataError(f"pedestrian_crossing_jam_s must be > 0, got {self.pedestrian_crossing_jam_s}", "traffic")
+        if not self.stuck_in_ego_s > 0:
+            raise DataError(f"stuck_in_ego_s must be > 0, got {self.stuck_in_ego_s}", "traffic")
+        if not self.spawn_clearance_m >= 0:
+            raise DataError(f"spawn_clearance_m must be >= 0, got {self.spawn_clearance_m}", "traffic")
+        if not self.walker_hold_max_s >= 0:
+            raise DataError(f"walker_hold_max_s must be >= 0, got {self.walker_hold_max_s}", "traffic")
         if self.pedestrian_model not in ("striping", "nonInteracting"):
             raise DataError(f"pedestrian_model must be 'striping' or 'nonInteracting', got {self.pedestrian_model!r}", "traffic")
         names = [t.name for t in self.vehicle_types]
@@ -259,6 +277,17 @@ def _parse_odr_lane(orig_id: str) -> tuple:
         return ()
 
 
+def _densify(polyline: np.ndarray, step_m: float) -> np.ndarray:
+    """Points along ``polyline`` no more than ``step_m`` apart (its vertices included)."""
+    seg = np.diff(polyline, axis=0)
+    if len(seg) == 0:
+        return polyline
+    n = np.maximum(np.ceil(np.hypot(seg[:, 0], seg[:, 1]) / step_m).astype(int), 1)
+    owner = np.repeat(np.arange(len(seg)), n)
+    frac = (np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)) / np.repeat(n, n)
+    return np.vstack([polyline[owner] + frac[:, None] * seg[owner], polyline[-1:]])
+
+
 class _NetInfo:
     """What ``Traffic`` needs from a net file, read once per file and process (sumolib is slow)."""
 
@@ -274,6 +303,9 @@ class _NetInfo:
                                   if ln.allows("passenger") and not ln.allows("pedestrian"))
         self.lane_orig = {ln.getID(): _parse_odr_lane(ln.getParam("origId", "")) for ln in lanes}
         self.lane_shape = {ln.getID(): np.asarray(ln.getShape(), dtype=np.float64)[:, :2] for ln in lanes}
+        # Every edge's lane shape points, at most 5 m apart (SUMO frame): how near it comes to the ego.
+        self.edge_points = {e.getID(): np.concatenate([_densify(self.lane_shape[ln.getID()], 5.0) for ln in e.getLanes()])
+                            for e in self._normal}
 
     def edges_allowing(self, vclass: str) -> list:
         if vclass not in self._allowing:
@@ -302,6 +334,7 @@ class Traffic:
         self.drive_lanes = info.drive_lanes
         self._lane_orig = info.lane_orig
         self._lane_shape = info.lane_shape
+        self._edge_points = info.edge_points
         self._started = False
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -313,7 +346,8 @@ class Traffic:
                 "--seed", str(self.seed), "--no-step-log", "true", "--no-warnings", "true",
                 "--collision.action", "warn", "--collision.check-junctions", "false",
                 "--time-to-teleport", repr(self.config.time_to_teleport_s), "--ignore-route-errors", "true",
-                "--pedestrian.model", self.config.pedestrian_model, "--default.carfollowmodel", "Krauss"]
+                "--pedestrian.model", self.config.pedestrian_model, "--default.carfollowmodel", "Krauss",
+                "--pedestrian.striping.jamtime.crossing", repr(float(self.config.pedestrian_crossing_jam_s))]
         try:
             libsumo.start(args)
         except Exception as exc:  # libsumo raises its own exception types
@@ -335,6 +369,11 @@ class Traffic:
         self._population_key, self._population = None, None
         self._getters = _fast_getters(libsumo)
         self._ego_added = False
+        self._ego_size = ego_size
+        self._last_actors: ActorArrays | None = None
+        self._held_walkers: dict[str, float] = {}  # SUMO person id -> simulation time it was stopped
+        self._ego_xy_sumo: np.ndarray | None = None
+        self._stuck_in_ego: dict[str, float] = {}  # SUMO id -> since when it stands overlapping the ego
         self._ego_routes = 0
         # No traffic yet: the caller places the ego first (set_ego, step) and then calls refill(),
         # so that SUMO inserts nobody on top of the ego.
@@ -392,12 +431,24 @@ class Traffic:
         for _ in range(self.config.route_attempts):
             a = edges[int(self._rng.integers(len(edges)))]
             b = edges[int(self._rng.integers(len(edges)))]
-            if a == b:
+            if a == b or self._near_ego(a):
                 continue
             route = ts.simulation.findRoute(a, b, vType=spec.name)
             if len(route.edges) >= 2:
                 return route.edges
         return None
+
+    def _near_ego(self, edge: str) -> bool:
+        """True if any lane of ``edge`` passes within ``spawn_clearance_m`` of the ego: SUMO inserts
+        a new car at a free place on its first edge, but does not always see the ego there (it
+        knows it on one lane, while the car may straddle two), and would put it on top of it."""
+        if self._ego_xy_sumo is None:
+            return False
+        points = self._edge_points.get(edge)
+        if points is None:
+            return False
+        d2 = np.sum((points - self._ego_xy_sumo) ** 2, axis=1).min()
+        return bool(d2 < self.config.spawn_clearance_m ** 2)
 
     def _walk_stages(self, start: str | None, start_pos: float | None = None):
         ts, edges = self._ts, self.walk_edges
@@ -488,6 +539,9 @@ class Traffic:
         Off the network (farther than SUMO's matching distance from any lane) the ego is left out
         of SUMO for that tick: traffic then cannot see it, but the world goes on."""
         ts = self._ts
+        self._hold_walkers(np.asarray(center_xy_map, dtype=np.float64), float(yaw), float(speed), float(length))
+        self._remove_stuck_in_ego(np.asarray(center_xy_map, dtype=np.float64), float(yaw), float(length))
+        self._ego_xy_sumo = map_to_sumo_xy(center_xy_map, self.offset)
         front = map_to_sumo_xy(center_xy_map, self.offset) + 0.5 * length * np.array([np.cos(yaw), np.sin(yaw)])
         if not self._ego_added and not self._add_ego(front):
             return
@@ -501,6 +555,95 @@ class Traffic:
                 # Off the network (can't be mapped), or unknown to SUMO (then add it again, once).
                 if attempt or EGO_SUMO_ID in ts.vehicle.getIDList() or not self._add_ego(front):
                     return
+
+    def _hold_walkers(self, center_xy_map: np.ndarray, yaw: float, speed: float, length: float) -> None:
+        """Stop SUMO walkers that are about to walk into the standing or crawling ego.
+
+        SUMO's walkers see vehicles only on crossings, and its pavements and walking areas (guessed
+        by netconvert) cut into the map's driving lanes at junction corners: a walker there walks
+        straight through a car standing in its lane. One whose next ``WALKER_HOLD_LOOKAHEAD_S`` of
+        walking would enter the ego's box (plus a margin) is stopped until that is no longer so or
+        the ego moves on; one still stopped after ``walker_hold_max_s`` is taken out of the
+        simulation. Uses last tick's positions, and libsumo only for the few walkers whose state
+        changes (no per-actor calls per tick)."""
+        held, now = self._held_walkers, None
+        a = self._last_actors
+        into = set()
+        if a is not None and len(a.ids) and speed < WALKER_HOLD_EGO_SPEED_MPS:
+            peds = np.flatnonzero(a.label == int(ObjectClass.PEDESTRIAN))
+            if len(peds):
+                heading = np.stack([np.cos(a.yaw[peds]), np.sin(a.yaw[peds])], -1)
+                walk = np.maximum(a.speed[peds], self.config.pedestrian_max_speed) * WALKER_HOLD_LOOKAHEAD_S
+                probe = a.center[peds, :2] + heading * walk[:, None] - center_xy_map
+                c, s_ = np.cos(yaw), np.sin(yaw)
+                width = self._ego_size[1] if self._ego_size is not None else 1.9
+                half_l = 0.5 * length + WALKER_HOLD_MARGIN_M + 0.5 * a.size[peds, 0]
+                half_w = 0.5 * width + WALKER_HOLD_MARGIN_M + 0.5 * a.size[peds, 1]
+                hit = (np.abs(probe @ np.array([c, s_])) < half_l) & (np.abs(probe @ np.array([-s_, c])) < half_w)
+                into = {a.sumo_ids[k] for k in peds[hit]}
+        if not into and not held:
+            return
+        ts = self._ts
+        now = self.time
+        for pid in list(held):
+            timed_out = now - held[pid] > self.config.walker_hold_max_s
+            if pid not in into or timed_out:
+                del held[pid]
+                try:
+                    if timed_out:
+                        # Stuck at the ego, which may be waiting for it in turn (a walker head-on in
+                        # front of the bumper): SUMO's walkers cannot step round a car, so it leaves
+                        # (refill puts a new one elsewhere), as SUMO teleports gridlocked vehicles.
+                        ts.person.remove(pid)
+                    else:
+                        ts.person.setSpeed(pid, self.config.pedestrian_max_speed)
+                except ts.TraCIException:
+                    pass  # it has left the simulation
+        for pid in into:
+            if pid not in held:
+                try:
+                    ts.person.setSpeed(pid, 0.0)
+                    held[pid] = now
+                except ts.TraCIException:
+                    pass
+
+    def _remove_stuck_in_ego(self, center_xy_map: np.ndarray, yaw: float, length: float) -> None:
+        """Take out road users that have stood overlapping the ego's box for ``stuck_in_ego_s``.
+
+        After a collision SUMO (``--collision.action warn``) leaves the other one where it is: a car
+        that drove into the ego then waits behind it at a negative gap, and the ego cannot pull
+        away from a box inside its own. The collision is scored when it happens; taking the other
+        one out afterwards (as SUMO teleports gridlocked vehicles) lets both go on. Last tick's
+        positions, boxes approximated by their along/across extents; libsumo only to remove."""
+        stuck = self._stuck_in_ego
+        a = self._last_actors
+        overlapping = set()
+        if a is not None and len(a.ids):
+            c, s_ = np.cos(yaw), np.sin(yaw)
+            rel = a.center[:, :2] - center_xy_map
+            rel_yaw = a.yaw - yaw
+            along_ext = 0.5 * (np.abs(a.size[:, 0] * np.cos(rel_yaw)) + np.abs(a.size[:, 1] * np.sin(rel_yaw)))
+            across_ext = 0.5 * (np.abs(a.size[:, 0] * np.sin(rel_yaw)) + np.abs(a.size[:, 1] * np.cos(rel_yaw)))
+            width = self._ego_size[1] if self._ego_size is not None else 1.9
+            inside = ((np.abs(rel @ np.array([c, s_])) < 0.5 * length + along_ext)
+                      & (np.abs(rel @ np.array([-s_, c])) < 0.5 * width + across_ext) & (a.speed < 0.5))
+            overlapping = {a.sumo_ids[k] for k in np.flatnonzero(inside)}
+        if not overlapping and not stuck:
+            return
+        now = self.time
+        for sid in list(stuck):
+            if sid not in overlapping:
+                del stuck[sid]
+        ts = self._ts
+        for sid in overlapping:
+            since = stuck.setdefault(sid, now)
+            if now - since >= self.config.stuck_in_ego_s:
+                del stuck[sid]
+                self._held_walkers.pop(sid, None)
+                try:
+                    (ts.person if sid in self._population[1] else ts.vehicle).remove(sid)
+                except ts.TraCIException:
+                    pass
 
     def _add_ego(self, front_sumo) -> bool:
         ts = self._ts
@@ -574,7 +717,8 @@ class Traffic:
         center = pos
         center[:, :2] -= self.offset + 0.5 * size[:, :1] * heading  # front bumper -> box centre
         center[:, 2] += 0.5 * size[:, 2]
-        return ActorArrays(list(sumo_ids), ids, center, size, yaw, speed, label)
+        self._last_actors = ActorArrays(list(sumo_ids), ids, center, size, yaw, speed, label)
+        return self._last_actors
 
     def _collect_signal_lanes(self) -> list[SignalLane]:
         ts = self._ts

@@ -494,3 +494,135 @@ def test_stops_for_a_pedestrian_before_the_crossing_not_on_it(fabriksgatan):
     assert front[waiting].max() < float(route.s[junction[0]])
     assert log["min_clearance"].min() > 1.0
     assert log["s"][-1] > cross_s + 5.0  # and went on
+
+
+def test_does_not_queue_inside_a_junction(fabriksgatan):
+    """A car stands just past the junction: queued behind it the ego would stand inside the junction
+    (in the way of cross traffic) and on the exit crossing. It waits at the junction's entrance
+    instead, and drives through once the car has gone."""
+    m = fabriksgatan
+    route = m.route((-60.0, -17.0, None), tuple(m.lanes[(1, 0, -1)].centerline[10]) + (None,))
+    expert = Expert(m, route)
+    junction = np.flatnonzero(expert.route.is_junction)
+    entry_s, exit_s = float(route.s[junction[0]]), float(route.s[junction[-1]])
+    car_s, leaves_at = exit_s + 4.5, 20.0  # its rear 2.2 m past the exit: no room for the ego behind it
+
+    def actors(t):
+        if t >= leaves_at:  # gone round the next corner (the route ends 10 m past the junction)
+            return Boxes()
+        x, y, yaw, vel = along_route(route, car_s)
+        return Boxes(center=[[x, y, 0.75]], size=[[4.6, 1.9, 1.5]], yaw=[yaw], label=[ObjectClass.VEHICLE],
+                     velocity=[vel], ids=[31])
+
+    x0, y0, yaw0, _ = along_route(route, entry_s - 40.0)
+    log = closed_loop(expert, (x0, y0, yaw0, 8.0), 40.0, actors_fn=actors)
+    front = log["s"] + expert.config.ego.rear_axle_to_front_m
+    waiting = (log["t"] > 12.0) & (log["t"] < leaves_at)
+    assert log["v"][waiting].max() < 0.05
+    assert "queue:31" in set(log["reason"])
+    assert front[log["t"] < leaves_at].max() < entry_s  # never entered while there was no room past it
+    assert log["min_clearance"].min() > 1.0
+    assert log["s"][-1] > exit_s + 5.0  # went through once the car had gone
+
+
+def test_passes_a_pedestrian_walking_along_the_pavement(town01):
+    """A pedestrian walks towards the ego at the road edge 2.2 m beside the lane centre: no stop
+    (stopping for such walkers leaves the ego standing where they later step onto a crossing),
+    but a slow pass."""
+    route = straight_route(town01)
+    expert = Expert(town01, route)
+    x, y, yaw, _ = along_route(route, 70.0)
+    right = np.array([math.sin(yaw), -math.cos(yaw)])
+    start = np.array([x, y]) + 2.2 * right
+    walk = -1.3 * np.array([math.cos(yaw), math.sin(yaw)])  # towards the ego, along the road
+
+    def actors(t):
+        p = start + walk * t
+        return Boxes(center=[[p[0], p[1], 0.9]], size=[[0.5, 0.6, 1.8]], yaw=[yaw + math.pi],
+                     label=[ObjectClass.PEDESTRIAN], velocity=[walk], ids=[61])
+
+    log = closed_loop(expert, (route.path[0, 0], route.path[0, 1], route.yaw[0], 10.0), 15.0, actors_fn=actors)
+    assert log["v"].min() > 2.0  # did not stop
+    assert log["v"][log["reason"] == "free"].size < len(log["v"])  # but it did slow down for it
+    assert log["min_clearance"].min() > 0.6
+
+
+def test_waits_at_the_entry_for_a_pedestrian_walking_to_the_exit_crossing(fabriksgatan):
+    """A pedestrian walks along the pavement towards the crossing where the route leaves the
+    junction (SUMO's walkers step onto it without looking): the ego does not enter the junction
+    while the walker is at or about to reach that crossing."""
+    m = fabriksgatan
+    route = m.route((-60.0, -17.0, None), tuple(m.lanes[(1, 0, -1)].centerline[-1]) + (None,))
+    expert = Expert(m, route)
+    junction = np.flatnonzero(expert.route.is_junction)
+    entry_s, exit_s = float(route.s[junction[0]]), float(route.s[junction[-1]])
+    ped_s0, walk = exit_s + 9.0, 1.3
+
+    def ped_s(t):
+        return ped_s0 - walk * t
+
+    def actors(t):
+        x, y, yaw, _ = along_route(route, ped_s(t))
+        right = np.array([math.sin(yaw), -math.cos(yaw)])
+        p = np.array([x, y]) + 2.8 * right
+        vel = -walk * np.array([math.cos(yaw), math.sin(yaw)])
+        return Boxes(center=[[p[0], p[1], 0.9]], size=[[0.5, 0.6, 1.8]], yaw=[yaw + math.pi],
+                     label=[ObjectClass.PEDESTRIAN], velocity=[vel], ids=[44])
+
+    x0, y0, yaw0, _ = along_route(route, entry_s - 45.0)
+    log = closed_loop(expert, (x0, y0, yaw0, 8.0), 30.0, actors_fn=actors, stop_when_done=False)
+    front = log["s"] + expert.config.ego.rear_axle_to_front_m
+    rear = log["s"] - (expert.config.ego.length_m - expert.config.ego.rear_axle_to_front_m)
+    at_crossing = np.abs(ped_s(log["t"]) - exit_s) < 2.0
+    assert at_crossing.any()
+    # While the walker is at the exit crossing the ego is either before the junction or through it.
+    assert np.all((front[at_crossing] < entry_s) | (rear[at_crossing] > exit_s + 1.0))
+    assert log["min_clearance"].min() > 0.6
+    assert log["s"][-1] > exit_s + 5.0
+
+
+def test_yields_to_crossing_cars_clear_of_the_nearer_lane(town01):
+    """Cars cross the road away from any map junction (a driveway, SUMO's own junction): the ego
+    yields to one in the far lane of the crossed road, and stands far enough back that the next
+    one, in the nearer lane, passes clear of its bumper."""
+    route = straight_route(town01)
+    expert = Expert(town01, route)
+    far_s, near_s = 60.0, 56.5
+
+    def crosser(s, side, offset, start_t, speed, car_id):
+        x, y, yaw, _ = along_route(route, s)
+        left = np.array([-math.sin(yaw), math.cos(yaw)])
+        heading = -side * left
+        return lambda t: (np.array([x, y]) + side * offset * left + heading * speed * (t - start_t), heading * speed, car_id)
+
+    # A slow one from the left that the ego stops for; then a fast one from the right, in the nearer lane.
+    cars = [crosser(far_s, 1.0, 12.0, 0.0, 1.5, 51), crosser(near_s, -1.0, 25.0, 8.0, 7.0, 52)]
+
+    def actors(t):
+        states = [c(t) for c in cars]
+        return Boxes(center=[[p[0], p[1], 0.75] for p, _, _ in states], size=[[4.6, 1.9, 1.5]] * len(states),
+                     yaw=[math.atan2(v[1], v[0]) for _, v, _ in states], label=[ObjectClass.VEHICLE] * len(states),
+                     velocity=[v for _, v, _ in states], ids=[i for _, _, i in states])
+
+    log = closed_loop(expert, (route.path[0, 0], route.path[0, 1], route.yaw[0], 8.0), 20.0, actors_fn=actors)
+    assert any(r == "yield:51" for r in log["reason"])
+    assert log["min_clearance"].min() > 1.5  # (standing a plain gap behind the first: ~1.0 m)
+
+
+def test_enters_the_junction_when_the_queue_past_it_never_clears(fabriksgatan):
+    """The same car past the junction never moves: after deadlock_time_s the ego stops waiting at
+    the entrance and queues into the junction behind it (rather than be blocked for good)."""
+    m = fabriksgatan
+    route = m.route((-60.0, -17.0, None), tuple(m.lanes[(1, 0, -1)].centerline[10]) + (None,))
+    expert = Expert(m, route)
+    junction = np.flatnonzero(expert.route.is_junction)
+    entry_s, exit_s = float(route.s[junction[0]]), float(route.s[junction[-1]])
+    x, y, yaw, vel = along_route(route, exit_s + 4.5)
+    car = Boxes(center=[[x, y, 0.75]], size=[[4.6, 1.9, 1.5]], yaw=[yaw], label=[ObjectClass.VEHICLE], velocity=[vel],
+                ids=[32])
+    x0, y0, yaw0, _ = along_route(route, entry_s - 40.0)
+    log = closed_loop(expert, (x0, y0, yaw0, 8.0), 50.0, actors_fn=lambda t: car)
+    front = log["s"] + expert.config.ego.rear_axle_to_front_m
+    assert front[log["t"] < 20.0].max() < entry_s  # waited at the entrance first
+    assert front[-1] > entry_s + 2.0  # then queued into the junction
+    assert log["min_clearance"].min() > 0.5
