@@ -7,6 +7,8 @@ Checks, in order, each planning cycle:
    footprint (discs) moved at constant velocity to the same time; the first conflict within the
    horizon cuts the trajectory to stop ``stop_margin_m`` before it, braking at up to
    ``emergency_decel_mps2`` (an emergency stop when the comfortable deceleration is not enough).
+   Objects now behind the ego's centre that would only meet the rear half of the footprint do not
+   count: a stop cannot avoid them.
 Everything is batched in numpy over trajectory points x objects x discs.
 """
 
@@ -147,8 +149,16 @@ class SafetyLayer:
         delta = ego_discs[:, None, :, None, :] - obj_discs[:, :, None, :, :]  # (K,M,n,n,2)
         d2 = delta[..., 0] ** 2 + delta[..., 1] ** 2
         limit = ego_r[:, None, None, None] + obj_r[:, :, None, None] + c.lateral_margin_m
-        hit = np.any(d2 < limit * limit, axis=(2, 3))  # (K,M)
-        # An object already overlapping the ego at t=0 behind the front axle is not ours to brake for.
+        touch = d2 < limit * limit  # (K,M,n,n)
+        # Stopping avoids what the car drives into, not what comes at it from behind: an object now
+        # behind the ego's centre (a follower, a car standing behind after a collision) that would
+        # meet only the rear half of the footprint is not braked for (braking would hold the ego
+        # there for good). Whatever meets the front half, or starts ahead, is.
+        front = (np.arange(c.discs_per_vehicle) + 0.5) / c.discs_per_vehicle >= 0.5  # disc centres ahead of the middle
+        heading = np.array([math.cos(ego.yaw), math.sin(ego.yaw)])
+        ego_centre = np.array([ego.x, ego.y]) + c.ego_center_offset_m * heading
+        behind_now = (objects.center[:, :2] - ego_centre) @ heading < 0.0  # (M,)
+        hit = np.any(touch[:, :, front], axis=(2, 3)) | (np.any(touch[:, :, ~front], axis=(2, 3)) & ~behind_now)
         if not hit.any():
             return proposal, SafetyStatus()
         k, m = np.argwhere(hit)[0]

@@ -95,3 +95,21 @@ def test_broad_phase_changes_no_decision():
         assert np.array_equal(a_traj.points, b_traj.points)
         conflicts += not a.ok
     assert 20 < conflicts < 180  # the scenes exercise both verdicts
+
+
+def test_a_car_behind_or_in_the_rear_does_not_hold_the_ego():
+    """A follower standing close behind, or one stuck in the ego's rear after a collision: stopping
+    cannot avoid it, so the plan passes. The same car ahead, or cutting in from behind into the
+    front half, is still braked for."""
+    layer = SafetyLayer()
+    cfg = layer.config
+    ego = EgoState(0, 0, 0, 3.0)
+    rear_bumper = cfg.ego_center_offset_m - cfg.ego_length_m / 2  # x of the ego's rear
+    for x in (rear_bumper - 2.25 - 0.3, rear_bumper - 2.25 + 1.0):  # 0.3 m behind; 1 m into the rear
+        _, status = layer.check(ego, straight(3.0), car(x, 0.0, oid=218), 0.0)
+        assert status.ok, (x, status)
+    _, status = layer.check(ego, straight(3.0), car(12.0, 0.0), 0.0)
+    assert not status.ok
+    # from behind-left at 12 m/s, cutting into the lane ahead within the horizon
+    _, status = layer.check(EgoState(0, 0, 0, 3.0), straight(3.0), car(-6.0, 3.5, vx=12.0, vy=-1.5, yaw=-0.12), 0.0)
+    assert not status.ok
