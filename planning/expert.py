@@ -25,7 +25,7 @@ from planning.expert_config import ExpertConfig
 from planning.lane_change import LaneChanges
 from planning.route_view import RouteView
 from planning.signals import StopSigns, light_stop_lines
-from planning.speed_profile import simulate
+from planning.speed_profile import simulate_on_envelope
 
 JUNCTION_LOOKAHEAD_M = 30.0  # look this far ahead for the next junction to clear before entering it
 CROSSED_LANE_WIDTH_M = 3.5  # extra standstill gap to a crossing vehicle: room for one more lane of cross traffic
@@ -127,20 +127,9 @@ class Expert:
         kerb = [float(x) for x in np.sort(obstacles.caution_s)[:3]]
         kerb_v2, kerb_b = cfg.actors.kerb_speed_mps ** 2, 2.0 * cfg.speed.envelope_decel_mps2
 
-        preview = cfg.speed.envelope_preview_s
-
-        def desired_speed(s_front_query: float, v_query: float) -> float:
-            # Read the envelope a little ahead: the IDM then brakes in time to follow it down.
-            s_ahead = s_front_query + preview * v_query
-            v_des = min(float(np.interp(s_ahead - front, env_s, env_v)), creep)
-            for s_k in kerb:  # slow until the bumper is past the pedestrian, braking early by the preview
-                if s_front_query < s_k + 2.0:
-                    v_des = min(v_des, math.sqrt(kerb_v2 + kerb_b * max(s_k - s_ahead, 0.0)))
-            return v_des
-
-        t_sim, s_sim, v_sim, accel, which = simulate(
-            v, s_front, s_obs, v_obs, gaps, desired_speed, cfg.idm, cfg.profile_step_s, cfg.profile_duration_s,
-            s_front + horizon)
+        t_sim, s_sim, v_sim, accel, which = simulate_on_envelope(
+            v, s_front, s_obs, v_obs, gaps, env_s, env_v, front, cfg.speed.envelope_preview_s, creep, kerb,
+            kerb_v2, kerb_b, cfg.idm, cfg.profile_step_s, cfg.profile_duration_s, s_front + horizon)
 
         if which < 0:
             reason = "free"

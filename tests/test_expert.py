@@ -626,3 +626,32 @@ def test_enters_the_junction_when_the_queue_past_it_never_clears(fabriksgatan):
     assert front[log["t"] < 20.0].max() < entry_s  # waited at the entrance first
     assert front[-1] > entry_s + 2.0  # then queued into the junction
     assert log["min_clearance"].min() > 0.5
+
+
+def test_compiled_idm_rollout_equals_the_python_reference():
+    """simulate_on_envelope (numba) gives simulate's numbers with envelope_speed as v0_of_s, over
+    random obstacles, envelopes, kerb pedestrians and creep caps."""
+    from planning.expert_config import IdmConfig
+    from planning.speed_profile import envelope_speed, simulate, simulate_on_envelope
+
+    rng = np.random.default_rng(11)
+    cfg = IdmConfig()
+    for _ in range(300):
+        n = int(rng.integers(0, 6))
+        s_obs, v_obs = rng.uniform(-2, 80, n), rng.uniform(0, 12, n) * (rng.random(n) < 0.6)
+        gaps = rng.choice([0.5, 3.0], n)
+        env_s = np.cumsum(rng.uniform(0.5, 2.0, 200))
+        env_v = np.clip(np.cumsum(rng.normal(0, 0.3, 200)) + 8.0, 0.0, 14.0)
+        offset, preview = rng.uniform(0, 5), rng.uniform(0, 1.5)
+        creep = math.inf if rng.random() < 0.7 else rng.uniform(0.5, 2.0)
+        kerb = np.sort(rng.uniform(0, 60, int(rng.integers(0, 4))))
+        v0, s0 = rng.uniform(0, 14), rng.uniform(0, 20)
+        args = (kerb.tolist(), 1.5 ** 2, 2.0 * 1.5)
+        ref = simulate(v0, s0, s_obs, v_obs, gaps,
+                       lambda s, v: envelope_speed(s, v, env_s, env_v, offset, preview, creep, *args),
+                       cfg, 0.1, 8.0, s0 + 60.0)
+        got = simulate_on_envelope(v0, s0, s_obs, v_obs, gaps, env_s, env_v, offset, preview, creep, kerb, *args[1:],
+                                   cfg, 0.1, 8.0, s0 + 60.0)
+        for a, b in zip(ref[:3], got[:3]):
+            np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+        assert got[3] == pytest.approx(ref[3], abs=1e-12) and got[4] == ref[4]
