@@ -132,8 +132,8 @@ class BagWriter:
         typename = "autoware_perception_msgs/msg/" + ("TrackedObjects" if tracked else "DetectedObjects")
         self.write_cdr(topic, typename, rc.objects_to_cdr(boxes, tracked, self.store), t_ns)
         if self.markers:
-            markers = rc.boxes_to_markers(boxes, topic.rsplit("/", 2)[-2], self.factory)
-            self.write_msg(topic + MARKERS_SUFFIX, markers, t_ns)
+            self.write_cdr(topic + MARKERS_SUFFIX, "visualization_msgs/msg/MarkerArray",
+                           rc.boxes_to_markers_cdr(boxes, topic.rsplit("/", 2)[-2], self.store), t_ns)
 
     def write_trajectory(self, topic: str, traj: Trajectory, t: float | None = None) -> None:
         t_ns = _ns(traj.stamp if t is None else t)

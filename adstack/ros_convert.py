@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import struct
 import zlib
 from functools import lru_cache
 
@@ -893,6 +894,110 @@ def boxes_to_markers(boxes: Boxes, ns: str = "objects", factory=None):
                               pose=pose_msg(*boxes.center[i], boxes.yaw[i], f), scale=vector3_msg(*boxes.size[i], f),
                               color=_rgba(CLASS_RGBA[cls], f)))
     return f.make("visualization_msgs/msg/MarkerArray", markers=markers)
+
+
+# Fast path for the boxes' markers: a drive logs ground truth twice a second, and building ~10
+# message objects per box cost ~2.5 ms per write for 60 boxes; the bytes below are identical.
+
+def _marker_layout(store, typename, start, strings, prefix=""):
+    """Leaves of ``typename`` at body offset ``start`` with every sequence empty and the string
+    values in ``strings`` (path -> bytes, default empty): [(path, kind, offset)], end. kind is a
+    numpy dtype, or bytes for a string (its encoded value)."""
+    from rosbags.interfaces import Nodetype
+    leaves, offset = [], start
+    for name, (nodetype, details) in store.fielddefs[typename][1]:
+        path = f"{prefix}{name}"
+        if nodetype == Nodetype.BASE:
+            if details[0] == "string":
+                offset = _cdr_align(offset, 4)
+                value = strings.get(path, b"")
+                leaves.append((path, value, offset))
+                offset += 4 + len(value) + 1
+            else:
+                dtype = np.dtype(_NUMPY_OF_ROS[details[0]])
+                offset = _cdr_align(offset, dtype.itemsize)
+                leaves.append((path, dtype, offset))
+                offset += dtype.itemsize
+        elif nodetype == Nodetype.NAME:
+            sub, offset = _marker_layout(store, details, offset, strings, path + ".")
+            leaves += sub
+        elif nodetype == Nodetype.SEQUENCE:
+            offset = _cdr_align(offset, 4)
+            leaves.append((path + ".len", np.dtype(np.uint32), offset))
+            offset += 4
+        else:
+            raise ValueError(f"{path}: arrays are not supported here")
+    return leaves, offset
+
+
+_MARKER_TEMPLATES: dict = {}
+_MARKER = "visualization_msgs/msg/Marker"
+
+
+def _cube_template(store, frame_id: str, ns: str, stamp_sec: int, stamp_nsec: int, phase: int):
+    """(bytes, offsets of id / position / orientation / scale / color) of an ADD CUBE marker
+    starting at a body offset = ``phase`` mod 8, everything else fixed."""
+    key = (id(store), frame_id, ns, stamp_sec, stamp_nsec, phase)
+    hit = _MARKER_TEMPLATES.get(key)
+    if hit is None:
+        strings = {"header.frame_id": frame_id.encode(), "ns": ns.encode()}
+        leaves, end = _marker_layout(store, _MARKER, phase, strings)
+        buf = bytearray(end - phase)
+        values = {"header.stamp.sec": stamp_sec, "header.stamp.nanosec": stamp_nsec, "type": MARKER_CUBE,
+                  "action": MARKER_ADD}
+        offsets = {}
+        for path, kind, offset in leaves:
+            at = offset - phase
+            offsets[path] = at
+            if isinstance(kind, bytes):
+                struct.pack_into(f"<I{len(kind) + 1}s", buf, at, len(kind) + 1, kind)
+            elif path in values:
+                struct.pack_into("<" + kind.char, buf, at, values[path])
+        hit = (bytes(buf), offsets["id"], offsets["pose.position.x"], offsets["pose.orientation.x"],
+               offsets["scale.x"], offsets["color.r"])
+        if len(_MARKER_TEMPLATES) > 4096:  # stamps change every call: keep the cache small
+            _MARKER_TEMPLATES.clear()
+        _MARKER_TEMPLATES[key] = hit
+    return hit
+
+
+def boxes_to_markers_cdr(boxes, ns: str = "objects", store=None) -> bytes:
+    """``boxes_to_markers`` as CDR bytes, identical to serializing it (tested): the DELETEALL marker
+    through rosbags, then one template per start alignment for the cubes, numbers packed in."""
+    if store is None:
+        from adstack.msgs import typestore
+        store = typestore()
+    f = _rosbags_factory(store)
+    header = header_msg(boxes.stamp, boxes.frame_id, f)
+    clear = f.make(_MARKER, header=header, ns=ns, id=0, action=MARKER_DELETEALL)
+    head = bytearray(store.serialize_cdr(f.make("visualization_msgs/msg/MarkerArray", markers=[clear]),
+                                         "visualization_msgs/msg/MarkerArray"))
+    n = len(boxes)
+    struct.pack_into("<I", head, 4, n + 1)
+    sec, nsec = stamp_to_sec_nsec(boxes.stamp)
+    center = np.asarray(boxes.center, np.float64).tolist()
+    size = np.asarray(boxes.size, np.float64).tolist()
+    half_yaw = 0.5 * np.asarray(boxes.yaw, np.float64)
+    qz, qw = np.sin(half_yaw).tolist(), np.cos(half_yaw).tolist()
+    labels = np.asarray(boxes.label).tolist()
+    parts = [bytes(head)]
+    fills = []
+    offset = len(head) - 4  # body offset (after the 4-byte encapsulation header)
+    for i in range(n):
+        tmpl, at_id, at_pos, at_rot, at_scale, at_color = _cube_template(store, boxes.frame_id, ns, sec, nsec, offset % 8)
+        fills.append((offset + 4, i, at_id, at_pos, at_rot, at_scale, at_color))
+        parts.append(tmpl)
+        offset += len(tmpl)
+    buf = bytearray(b"".join(parts))
+    for base, i, at_id, at_pos, at_rot, at_scale, at_color in fills:
+        label = labels[i]
+        rgba = CLASS_RGBA[ObjectClass(label) if label in CLASS_RGBA else ObjectClass.UNKNOWN]
+        struct.pack_into("<i", buf, base + at_id, i + 1)
+        struct.pack_into("<3d", buf, base + at_pos, *center[i])
+        struct.pack_into("<4d", buf, base + at_rot, 0.0, 0.0, qz[i], qw[i])
+        struct.pack_into("<3d", buf, base + at_scale, *size[i])
+        struct.pack_into("<4f", buf, base + at_color, *rgba)
+    return bytes(buf)
 
 
 def trajectory_to_markers(traj: Trajectory, ns: str = "trajectory", rgba=(0.2, 1.0, 0.2, 1.0),

@@ -143,6 +143,18 @@ def test_fast_trajectory_cdr_equals_the_serializer(frame_id, n):
     assert rc.trajectory_to_cdr(traj, ROSBAGS.store) == reference
 
 
+@pytest.mark.parametrize("frame_id", ["m", "map", "base_lnk", "velodyne_top"])  # every start offset mod 8
+@pytest.mark.parametrize("ns", ["x", "objects", "ground_truth"])
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 9, 60])
+def test_fast_box_markers_cdr_equals_the_serializer(frame_id, ns, n):
+    rng = np.random.default_rng(n)
+    boxes = Boxes(rng.normal(size=(n, 3)) * 30, rng.uniform(0.5, 5, (n, 3)), rng.uniform(-4, 4, n),
+                  rng.integers(0, 7, n), None, None, None, frame_id, 77.125 + n)  # labels 5, 6: no colour of their own
+    reference = bytes(ROSBAGS.store.serialize_cdr(rc.boxes_to_markers(boxes, ns, ROSBAGS),
+                                                  "visualization_msgs/msg/MarkerArray"))
+    assert rc.boxes_to_markers_cdr(boxes, ns, ROSBAGS.store) == reference
+
+
 def test_from_cdr():
     _, _, ego, boxes, _ = _values()
     back = rc.from_cdr(rc.objects_to_cdr(boxes, tracked=True), "autoware_perception_msgs/msg/TrackedObjects")
