@@ -52,7 +52,7 @@ class ActorConfig:
     prediction_step_s: float = 0.5
     lateral_margin_vehicle_m: float = 0.4  # added to both half widths when checking the corridor
     lateral_margin_pedestrian_m: float = 1.0
-    lateral_margin_pedestrian_along_m: float = 0.3  # ... for one walking along the path (on the pavement)
+    lateral_margin_pedestrian_along_m: float = 0.6  # ... for one walking along the path (on the pavement; SUMO walkers step 0.4 m sideways at corners)
     # A vehicle that will cross the path is yielded to when it arrives before the ego is past + this.
     yield_time_margin_s: float = 2.0
     parallel_heading_rad: float = 0.5  # vehicles this aligned (or anti-aligned) with the path are lane traffic

@@ -8,7 +8,8 @@ Checks, in order, each planning cycle:
    horizon cuts the trajectory to stop ``stop_margin_m`` before it, braking at up to
    ``emergency_decel_mps2`` (an emergency stop when the comfortable deceleration is not enough).
    Objects now behind the ego's centre that would only meet the rear half of the footprint do not
-   count: a stop cannot avoid them.
+   count: a stop cannot avoid them. A walking pedestrian is checked twice: moving on at its
+   velocity, and standing where it is (walkers stop or turn at once).
 Everything is batched in numpy over trajectory points x objects x discs (8 per body: within 0.05 m
 of a car's sides, so a plan the expert threads past an actor with its 0.3 m margin is not refused).
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from adstack.config import load_params
-from adstack.types import Boxes, EgoState, Trajectory
+from adstack.types import Boxes, EgoState, ObjectClass, Trajectory
 
 DEFAULT_PARAMS = Path(__file__).resolve().parent / "config" / "safety.param.yaml"
 
@@ -141,6 +142,14 @@ class SafetyLayer:
         objects = self._within_reach(objects, p, ego_extent, float(p[-1, 4]))
         if len(objects) == 0:
             return proposal, SafetyStatus()
+        # A walker can stop or turn at once (SUMO's stop on a crossing): besides its constant-velocity
+        # future, each moving pedestrian is also checked standing where it is now.
+        walking = (objects.label == int(ObjectClass.PEDESTRIAN)) & (np.hypot(*objects.velocity.T) > 0.1)
+        if walking.any():
+            standing = objects.select(walking)
+            standing = Boxes(standing.center, standing.size, standing.yaw, standing.label, standing.score,
+                             np.zeros_like(standing.velocity), standing.ids, standing.frame_id, standing.stamp)
+            objects = Boxes.concat([objects, standing])
         # Objects moved at constant velocity to each trajectory time: (K,M,2)
         obj_xy = objects.center[None, :, :2] + objects.velocity[None, :, :] * p[:, 4, None, None]
         n_obj = max(1, c.discs_per_vehicle)

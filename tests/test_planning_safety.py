@@ -113,3 +113,20 @@ def test_a_car_behind_or_in_the_rear_does_not_hold_the_ego():
     # from behind-left at 12 m/s, cutting into the lane ahead within the horizon
     _, status = layer.check(EgoState(0, 0, 0, 3.0), straight(3.0), car(-6.0, 3.5, vx=12.0, vy=-1.5, yaw=-0.12), 0.0)
     assert not status.ok
+
+
+def walker(x, y, vx=0.0, vy=0.0, oid=5):
+    return Boxes([[x, y, 0.9]], [[0.5, 0.6, 1.75]], [math.atan2(vy, vx) if vx or vy else 0.0], [2], None, [[vx, vy]],
+                 [oid])
+
+
+def test_a_walker_in_the_path_counts_even_if_it_would_walk_clear():
+    """A pedestrian 7 m ahead, 0.4 m off the path, crossing at 1.2 m/s: at constant velocity it clears
+    before the car arrives, but walkers stop or turn at once, so it is also checked standing there.
+    One walking along the kerb 2.2 m to the side is passed."""
+    layer = SafetyLayer()
+    ego = EgoState(0, 0, 0, 3.9)
+    _, status = layer.check(ego, straight(3.9), walker(7.0 + 1.35, -0.4, vy=-1.2), 0.0)
+    assert not status.ok and status.conflict_object_id == 5
+    _, status = layer.check(ego, straight(3.9), walker(7.0, -2.2, vx=1.3), 0.0)
+    assert status.ok
