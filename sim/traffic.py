@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 import shutil
 import subprocess
@@ -570,7 +571,10 @@ class Traffic:
         a = self._last_actors
         into = set()
         if a is not None and len(a.ids) and speed < WALKER_HOLD_EGO_SPEED_MPS:
-            peds = np.flatnonzero(a.label == int(ObjectClass.PEDESTRIAN))
+            # only walkers that can be near the box: a cheap distance test first (200 actors a tick)
+            reach = 0.5 * length + 2.0 * WALKER_HOLD_MARGIN_M + 5.0 + self.config.pedestrian_max_speed * WALKER_HOLD_LOOKAHEAD_S
+            d = a.center[:, :2] - center_xy_map
+            peds = np.flatnonzero((a.label == int(ObjectClass.PEDESTRIAN)) & (np.einsum("ij,ij->i", d, d) < reach * reach))
             if len(peds):
                 heading = np.stack([np.cos(a.yaw[peds]), np.sin(a.yaw[peds])], -1)
                 walk = np.maximum(a.speed[peds], self.config.pedestrian_max_speed) * WALKER_HOLD_LOOKAHEAD_S
@@ -619,8 +623,14 @@ class Traffic:
         a = self._last_actors
         overlapping = set()
         if a is not None and len(a.ids):
-            c, s_ = np.cos(yaw), np.sin(yaw)
             rel = a.center[:, :2] - center_xy_map
+            # a box can overlap the ego only if its centre is within both half-diagonals (+ margin)
+            reach = 0.5 * math.hypot(length, 3.0) + 0.5 * np.hypot(a.size[:, 0], a.size[:, 1]) + 0.5
+            close = np.flatnonzero(np.einsum("ij,ij->i", rel, rel) < reach * reach)
+            a = ActorArrays([a.sumo_ids[k] for k in close], a.ids[close], a.center[close], a.size[close], a.yaw[close],
+                            a.speed[close], a.label[close])
+            rel = rel[close]
+            c, s_ = np.cos(yaw), np.sin(yaw)
             rel_yaw = a.yaw - yaw
             along_ext = 0.5 * (np.abs(a.size[:, 0] * np.cos(rel_yaw)) + np.abs(a.size[:, 1] * np.sin(rel_yaw)))
             across_ext = 0.5 * (np.abs(a.size[:, 0] * np.sin(rel_yaw)) + np.abs(a.size[:, 1] * np.cos(rel_yaw)))
