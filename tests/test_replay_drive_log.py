@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow,
 def drive_log(tmp_path_factory) -> Path:
     from sim.drive import DriveOptions, drive
     out = tmp_path_factory.mktemp("drive")
-    drive(DriveOptions(routes=str(ROUTES), route_id="0", out=str(out), seconds=3.0, vehicles=30, pedestrians=10, bev=False, progress=False))
+    drive(DriveOptions(routes=str(ROUTES), route_id="0", out=str(out), seconds=3.0, vehicles=100, pedestrians=60, bev=False, progress=False))
     log = out / "log.mcap"
     assert log.exists()
     return log
@@ -53,5 +53,6 @@ def test_drive_log_replays_with_metrics(drive_log, tmp_path):
     report = replay(ReplayOptions(bag=str(drive_log), out=str(tmp_path), model="classical", progress=False))
     assert report["frames"]["processed"] == 3 and not report["frames"]["dropped"]
     assert report["metrics"]["frames"] == 2   # clouds at 1.1 s and 2.1 s lie between ground-truth messages
+    # 100 vehicles in Town01: some are within lidar range (no car is inserted within 30 m of the ego)
     assert report["metrics"]["detection"]["classes"]["VEHICLE"]["n_gt"] > 0
     assert (tmp_path / "replay.mcap").is_file()
