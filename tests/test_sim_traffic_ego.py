@@ -1,6 +1,8 @@
 """How SUMO's road users treat the ego (sim/traffic.py's TrafficConfig): walkers and a vehicle standing
 on their crossing, walkers about to walk into the standing ego, cars inserted on top of it."""
 
+from contextlib import contextmanager
+
 import pytest
 
 from adstack.config import from_dict
@@ -102,18 +104,26 @@ def test_no_car_is_inserted_on_top_of_the_ego():
     assert _nearest_new_car(TrafficConfig().spawn_clearance_m) > TrafficConfig().spawn_clearance_m - 5.0
 
 
+@contextmanager
+def _running_town01(cfg: TrafficConfig, seed: int, warm_steps: int = 40):
+    """SUMO traffic on Town01 with the ego's size known, populated and stepped ``warm_steps`` ticks."""
+    traffic = Traffic(build_net(shared_data_dir() / "maps" / "carla" / "Town01.xodr"), cfg, 0.05, seed)
+    traffic.start(ego_size=(4.7, 1.9, 1.5))
+    try:
+        traffic.refill()
+        for _ in range(warm_steps):
+            traffic.step()
+        yield traffic
+    finally:
+        traffic.close()
+
+
 def test_a_walker_stuck_at_the_ego_leaves_after_the_longest_hold():
     """A walker head-on in front of the standing ego would be waited for by the ego in turn: after
     walker_hold_max_s it is taken out (and a new one put elsewhere), never walked into the car."""
     import numpy as np
     from adstack.types import ObjectClass
-    cfg = TrafficConfig(vehicles=0, pedestrians=30, walker_hold_max_s=2.0)
-    traffic = Traffic(build_net(shared_data_dir() / "maps" / "carla" / "Town01.xodr"), cfg, 0.05, 5)
-    traffic.start(ego_size=(4.7, 1.9, 1.5))
-    try:
-        traffic.refill()
-        for _ in range(40):
-            traffic.step()
+    with _running_town01(TrafficConfig(vehicles=0, pedestrians=30, walker_hold_max_s=2.0), seed=5) as traffic:
         a = traffic.actors()
         k = int(np.flatnonzero((a.label == int(ObjectClass.PEDESTRIAN)) & (a.speed > 0.8))[0])
         sid = a.sumo_ids[k]
@@ -122,8 +132,6 @@ def test_a_walker_stuck_at_the_ego_leaves_after_the_longest_hold():
             traffic.set_ego(ego_xy, float(a.yaw[k] + np.pi), 0.0, 4.7)  # facing it
             traffic.step()
         assert sid not in traffic._ts.person.getIDList()
-    finally:
-        traffic.close()
 
 
 def test_a_car_left_standing_inside_the_ego_after_a_collision_is_taken_out():
@@ -131,13 +139,7 @@ def test_a_car_left_standing_inside_the_ego_after_a_collision_is_taken_out():
     ego cannot pull away from a box inside its own: after stuck_in_ego_s it is taken out."""
     import numpy as np
     from adstack.types import ObjectClass
-    cfg = TrafficConfig(vehicles=10, pedestrians=0, stuck_in_ego_s=1.0)
-    traffic = Traffic(build_net(shared_data_dir() / "maps" / "carla" / "Town01.xodr"), cfg, 0.05, 6)
-    traffic.start(ego_size=(4.7, 1.9, 1.5))
-    try:
-        traffic.refill()
-        for _ in range(40):
-            traffic.step()
+    with _running_town01(TrafficConfig(vehicles=10, pedestrians=0, stuck_in_ego_s=1.0), seed=6) as traffic:
         a = traffic.actors()
         k = int(np.flatnonzero(a.label == int(ObjectClass.VEHICLE))[0])
         sid = a.sumo_ids[k]
@@ -157,5 +159,3 @@ def test_a_car_left_standing_inside_the_ego_after_a_collision_is_taken_out():
             traffic.step()
             traffic.actors()
         assert sid not in traffic._ts.vehicle.getIDList()
-    finally:
-        traffic.close()
