@@ -539,9 +539,12 @@ def _cdr_align(offset: int, size: int) -> int:
     return (offset + size - 1) // size * size
 
 
-def _cdr_layout(store, typename: str, start: int, seq_lengths: dict, prefix: str = "") -> tuple[list, int]:
+def _cdr_layout(store, typename: str, start: int, seq_lengths: dict, prefix: str = "",
+                strings: dict | None = None) -> tuple[list, int]:
     """Leaf fields of ``typename`` serialized at body offset ``start``: [(path, dtype, count,
-    offset)], end offset. Sequences must appear in ``seq_lengths`` (their length is fixed)."""
+    offset)], end offset. Sequences must appear in ``seq_lengths`` (their length is fixed). With
+    ``strings`` (path -> encoded value, default empty) string fields have a fixed value too and
+    come out as (path, bytes value, 1, offset), and sequences missing from ``seq_lengths`` are empty."""
     from rosbags.interfaces import Nodetype
 
     leaves = []
@@ -549,17 +552,23 @@ def _cdr_layout(store, typename: str, start: int, seq_lengths: dict, prefix: str
     for name, (nodetype, details) in store.fielddefs[typename][1]:
         path = f"{prefix}{name}"
         if nodetype == Nodetype.BASE:
+            if strings is not None and details[0] == "string":
+                value = strings.get(path, b"")
+                offset = _cdr_align(offset, 4)
+                leaves.append((path, value, 1, offset))
+                offset += 4 + len(value) + 1  # length, bytes, NUL
+                continue
             dtype = np.dtype(_NUMPY_OF_ROS[details[0]])  # KeyError for strings: not fixed-size
             offset = _cdr_align(offset, dtype.itemsize)
             leaves.append((path, dtype, 1, offset))
             offset += dtype.itemsize
         elif nodetype == Nodetype.NAME:
-            sub, offset = _cdr_layout(store, details, offset, seq_lengths, path + ".")
+            sub, offset = _cdr_layout(store, details, offset, seq_lengths, path + ".", strings)
             leaves += sub
         else:
             (sub_type, sub_details), _ = details
             if nodetype == Nodetype.SEQUENCE:
-                count = seq_lengths[path]
+                count = seq_lengths.get(path, 0) if strings is not None else seq_lengths[path]
                 offset = _cdr_align(offset, 4)
                 leaves.append((path + ".len", np.dtype(np.uint32), 1, offset))
                 offset += 4
@@ -573,7 +582,7 @@ def _cdr_layout(store, typename: str, start: int, seq_lengths: dict, prefix: str
                     offset += dtype.itemsize * count
             else:
                 for i in range(count):
-                    sub, offset = _cdr_layout(store, sub_details, offset, seq_lengths, f"{path}[{i}].")
+                    sub, offset = _cdr_layout(store, sub_details, offset, seq_lengths, f"{path}[{i}].", strings)
                     leaves += sub
     return leaves, offset
 
@@ -899,37 +908,6 @@ def boxes_to_markers(boxes: Boxes, ns: str = "objects", factory=None):
 # Fast path for the boxes' markers: a drive logs ground truth twice a second, and building ~10
 # message objects per box cost ~2.5 ms per write for 60 boxes; the bytes below are identical.
 
-def _marker_layout(store, typename, start, strings, prefix=""):
-    """Leaves of ``typename`` at body offset ``start`` with every sequence empty and the string
-    values in ``strings`` (path -> bytes, default empty): [(path, kind, offset)], end. kind is a
-    numpy dtype, or bytes for a string (its encoded value)."""
-    from rosbags.interfaces import Nodetype
-    leaves, offset = [], start
-    for name, (nodetype, details) in store.fielddefs[typename][1]:
-        path = f"{prefix}{name}"
-        if nodetype == Nodetype.BASE:
-            if details[0] == "string":
-                offset = _cdr_align(offset, 4)
-                value = strings.get(path, b"")
-                leaves.append((path, value, offset))
-                offset += 4 + len(value) + 1
-            else:
-                dtype = np.dtype(_NUMPY_OF_ROS[details[0]])
-                offset = _cdr_align(offset, dtype.itemsize)
-                leaves.append((path, dtype, offset))
-                offset += dtype.itemsize
-        elif nodetype == Nodetype.NAME:
-            sub, offset = _marker_layout(store, details, offset, strings, path + ".")
-            leaves += sub
-        elif nodetype == Nodetype.SEQUENCE:
-            offset = _cdr_align(offset, 4)
-            leaves.append((path + ".len", np.dtype(np.uint32), offset))
-            offset += 4
-        else:
-            raise ValueError(f"{path}: arrays are not supported here")
-    return leaves, offset
-
-
 _MARKER_TEMPLATES: dict = {}
 _MARKER = "visualization_msgs/msg/Marker"
 
@@ -941,12 +919,12 @@ def _cube_template(store, frame_id: str, ns: str, stamp_sec: int, stamp_nsec: in
     hit = _MARKER_TEMPLATES.get(key)
     if hit is None:
         strings = {"header.frame_id": frame_id.encode(), "ns": ns.encode()}
-        leaves, end = _marker_layout(store, _MARKER, phase, strings)
+        leaves, end = _cdr_layout(store, _MARKER, phase, {}, strings=strings)
         buf = bytearray(end - phase)
         values = {"header.stamp.sec": stamp_sec, "header.stamp.nanosec": stamp_nsec, "type": MARKER_CUBE,
                   "action": MARKER_ADD}
         offsets = {}
-        for path, kind, offset in leaves:
+        for path, kind, _, offset in leaves:
             at = offset - phase
             offsets[path] = at
             if isinstance(kind, bytes):
