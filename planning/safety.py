@@ -11,7 +11,7 @@ Checks, in order, each planning cycle:
    count: a stop cannot avoid them. A walking pedestrian is checked twice: moving on at its
    velocity, and standing where it is (walkers stop or turn at once).
 Everything is batched in numpy over trajectory points x objects x discs (8 per body: within 0.05 m
-of a car's sides, so a plan the expert threads past an actor with its 0.3 m margin is not refused).
+of a car's sides, so a plan the expert threads closely past an actor is not refused).
 """
 
 from __future__ import annotations
