@@ -101,7 +101,8 @@ class BagWriter:
 
     # -- typed -----------------------------------------------------------------------------------
     def write_pointcloud(self, topic: str, cloud: PointCloud, t: float | None = None) -> None:
-        self.write_msg(topic, rc.pointcloud_to_msg(cloud, self.factory), _ns(cloud.stamp if t is None else t))
+        self.write_cdr(topic, "sensor_msgs/msg/PointCloud2", rc.pointcloud_to_cdr(cloud, self.store),
+                       _ns(cloud.stamp if t is None else t))
 
     def write_odometry(self, topic: str, ego: EgoState, t: float | None = None,
                        frame_id: str = "map", child_frame_id: str = "base_link") -> None:

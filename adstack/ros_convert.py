@@ -279,6 +279,33 @@ def pointcloud_to_msg(cloud: PointCloud, factory=None):
                   row_step=point_step * n, data=f.uint8_sequence(data), is_dense=True)
 
 
+def pointcloud_to_cdr(cloud: PointCloud, store=None) -> bytes:
+    """:func:`pointcloud_to_msg` as CDR bytes (with the encapsulation header), identical to
+    serializing it: the message with no data serialized once, the points' bytes put in place
+    (a drive logs a 60 000-point cloud a second; the serializer's copies cost milliseconds)."""
+    if store is None:
+        from adstack.msgs import typestore
+
+        store = typestore()
+    f = _rosbags_factory(store)
+    n = len(cloud)
+    if cloud.labels is None:
+        data = np.ascontiguousarray(cloud.points, dtype="<f4")
+    else:  # x, y, z, intensity as float32, then label and actor_id as int32: 24 bytes a point
+        data = np.empty((n, 6), "<f4")
+        data[:, :4] = cloud.points
+        words = data.view("<i4")
+        words[:, 4] = cloud.labels
+        words[:, 5] = -1 if cloud.actor_ids is None else cloud.actor_ids
+    empty = pointcloud_to_msg(PointCloud(np.zeros((0, 4), np.float32), cloud.frame_id, cloud.stamp,
+                                         None if cloud.labels is None else np.zeros(0, np.int32)), f)
+    point_step = int(empty.point_step)
+    empty.width, empty.row_step = n, point_step * n
+    head = bytes(store.serialize_cdr(empty, "sensor_msgs/msg/PointCloud2"))
+    # ... uint8[] data (uint32 length, then the bytes), bool is_dense: the last 5 bytes of ``head``
+    return b"".join((head[:-5], np.uint32(data.nbytes).tobytes(), data.tobytes(), head[-1:]))
+
+
 def decode_pointcloud2(msg, *, max_points: int = MAX_POINTS, allow_empty: bool = False,
                        topic: str | None = None) -> tuple[PointCloud, int]:
     """PointCloud2 -> (PointCloud, number of dropped NaN/Inf points), validating the layout.

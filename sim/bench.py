@@ -17,7 +17,8 @@ from adstack.paths import shared_data_dir
 
 def bench_sim(seconds: float = 30.0, map_name: str = "Town01", seed: int = 0, lidar: bool = True,
               scenery: bool = True, lidar_mode: str = "spinning", vehicles: int | None = None,
-              pedestrians: int | None = None) -> dict:
+              pedestrians: int | None = None, traffic_process: bool | None = None,
+              lidar_process: bool | None = None) -> dict:
     from adstack.types import ObjectClass
     from sim.cli import load_map
     from sim.lane_follower import LaneFollower
@@ -27,6 +28,10 @@ def bench_sim(seconds: float = 30.0, map_name: str = "Town01", seed: int = 0, li
     config.lidar = lidar
     config.scenery = scenery
     config.lidar_mode = lidar_mode
+    if traffic_process is not None:
+        config.traffic_process = traffic_process
+    if lidar_process is not None:
+        config.lidar_process = lidar_process
     if vehicles is not None:
         config.traffic.vehicles = vehicles
     if pedestrians is not None:
@@ -43,7 +48,7 @@ def bench_sim(seconds: float = 30.0, map_name: str = "Town01", seed: int = 0, li
     actors = 0
     points = 0
     load_before = os.getloadavg()[0]
-    cast_cpu_before = world.lidar.lidar.cast_cpu_s if world.lidar is not None else 0.0
+    cast_cpu_before = world.lidar.cast_cpu_s if world.lidar is not None else 0.0
     try:
         loop_cpu_start = time.process_time()
         for _ in range(ticks):
@@ -62,13 +67,14 @@ def bench_sim(seconds: float = 30.0, map_name: str = "Town01", seed: int = 0, li
         world_cpu_s = time.process_time() - loop_cpu_start - driver_cpu_s
     finally:
         timing = dict(world.timing)
-        cast_cpu_s = (world.lidar.lidar.cast_cpu_s - cast_cpu_before) if world.lidar is not None else 0.0
+        cast_cpu_s = (world.lidar.cast_cpu_s - cast_cpu_before) if world.lidar is not None else 0.0
         cast_threads = world.lidar.lidar.config.cast_threads if world.lidar is not None else 0
         world.close()
     labels = state.actors.label
     frames = timing["lidar_frames"]
     return {
-        "map": map_name, "lidar": lidar, "lidar_mode": lidar_mode, "scenery": scenery,
+        "map": map_name, "lidar": lidar, "traffic_process": config.traffic_process,
+        "lidar_process": config.lidar_process, "lidar_mode": lidar_mode, "scenery": scenery,
         "seconds": ticks * config.dt, "ticks": ticks, "dt": config.dt,
         "actors": actors, "vehicles": int((labels == ObjectClass.VEHICLE).sum()),
         "cyclists": int((labels == ObjectClass.CYCLIST).sum()),

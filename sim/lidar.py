@@ -587,15 +587,20 @@ def _bounds_and_cast(origin, rot_sensor_to_world, rot_world_to_sensor, elevation
 def _compact(out_range, out_intensity, out_label, out_actor, start_col, end_col, cos_el, sin_el, cos_az, sin_az):
     """Points (N,4) x, y, z, intensity in the sensor frame, labels and actor ids of the returns of
     columns [start_col, end_col), column by column."""
-    n_channels = out_range.shape[1]
-    n = 0
-    for col in range(start_col, end_col):
-        for ch in range(n_channels):
-            if out_range[col, ch] >= 0.0:
-                n += 1
+    n = _count_returns(out_range, start_col, end_col)
     points = np.empty((n, 4), np.float32)
     labels = np.empty(n, np.int32)
     actors = np.empty(n, np.int64)
+    _compact_into(out_range, out_intensity, out_label, out_actor, start_col, end_col, cos_el, sin_el, cos_az, sin_az,
+                  points, labels, actors)
+    return points, labels, actors
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def _compact_into(out_range, out_intensity, out_label, out_actor, start_col, end_col, cos_el, sin_el, cos_az, sin_az,
+                  points, labels, actors):
+    """``_compact`` into given arrays (long enough); returns the number of points written."""
+    n_channels = out_range.shape[1]
     i = 0
     for col in range(start_col, end_col):
         for ch in range(n_channels):
@@ -609,7 +614,7 @@ def _compact(out_range, out_intensity, out_label, out_actor, start_col, end_col,
             labels[i] = out_label[col, ch]
             actors[i] = out_actor[col, ch]
             i += 1
-    return points, labels, actors
+    return i
 
 
 @njit(cache=True, fastmath=False, nogil=True)
@@ -802,11 +807,11 @@ CHUNK_COLUMNS = 128
 # How long the caller waits for a background thread to pick up a handed-off cast before going on: an
 # idle core wakes the thread in tens of microseconds; a loaded machine may take milliseconds
 # (the GIL: see _CastQueue). A cast nobody took by ``finish`` is cast by the caller.
-PICKUP_TIMEOUT_S = 0.0005
+PICKUP_TIMEOUT_S = float(os.environ.get("XP_PICKUP", "0.0005"))
 # How long ``finish`` waits for a chunk a background thread is casting before casting it itself: on
 # an idle core it is done in well under a millisecond; on a loaded machine the thread may wait
 # milliseconds for a core, and the simulation should not wait with it.
-FINISH_TIMEOUT_S = 0.001
+FINISH_TIMEOUT_S = float(os.environ.get("XP_FINISH", "0.001"))
 
 _QUEUED, _RUNNING, _DONE, _ABANDONED = range(4)
 
@@ -942,9 +947,11 @@ class _Sweep:
     the chunks still being cast. Once it is complete, the thread that casts its last chunk also
     compacts it into points (usually the background thread, off the simulation's critical path)."""
 
-    def __init__(self, lidar: Lidar, buffers: tuple):
+    def __init__(self, lidar: Lidar, buffers: tuple, remote=None, set_index: int = 0):
         self.lidar = lidar
         self.buffers = buffers
+        self.remote = remote  # a LidarProcess casting it (in buffer set ``set_index``), or None
+        self.set_index = set_index
         self.parts: list[tuple[int, int, tuple]] = []
         self.outstanding = 0  # chunks queued and not yet cast
         self.complete = False  # every part queued
@@ -965,6 +972,8 @@ class _Sweep:
             self.compact()
 
     def compact(self) -> tuple:
+        if self.compacted is None and self.remote is not None:
+            self.compacted = self.remote.frame(self.set_index)  # compacted by the lidar process
         if self.compacted is None:
             lidar = self.lidar
             self.compacted = _compact(*self.buffers, self.parts[0][0], self.parts[-1][1], lidar._cos_el,
@@ -998,7 +1007,7 @@ class SpinningLidar:
     """
 
     def __init__(self, lidar: Lidar, tick_s: float = 0.05, motion_compensate: bool = False,
-                 deliver_next_tick: bool = False):
+                 deliver_next_tick: bool = False, process: bool = False):
         cols_per_tick = lidar.config.columns * lidar.config.rate_hz * tick_s
         if tick_s <= 0 or cols_per_tick > lidar.config.columns + 1e-9:
             raise ValueError(f"tick_s={tick_s} must be positive and at most one revolution (1/rate_hz)")
@@ -1008,8 +1017,18 @@ class SpinningLidar:
         self.deliver_next_tick = bool(deliver_next_tick)
         self._cols_per_tick = cols_per_tick
         # Two revolutions' buffers, used in turn: a revolution waiting for delivery keeps its own
-        # while the next one's first columns are cast.
-        self._buffer_sets = (ray_buffers(lidar.config), ray_buffers(lidar.config))
+        # while the next one's first columns are cast. With ``process`` they are shared with the
+        # lidar process (sim/lidar_process.py), which casts everything.
+        self._remote = None
+        # with a lidar process: cast the next shares on the calling thread instead (into the shared
+        # buffers; the process still compacts). The world sets it from how busy its caller is.
+        self.cast_here = False
+        if process:
+            from sim.lidar_process import LidarProcess
+            self._remote = LidarProcess(lidar)
+            self._buffer_sets = tuple(rays for rays, _ in self._remote.sets)
+        else:
+            self._buffer_sets = (ray_buffers(lidar.config), ray_buffers(lidar.config))
         self._revolution = 0
         self._ticks = 0
         self._done = 0  # columns cast in total
@@ -1017,9 +1036,17 @@ class SpinningLidar:
         self._pending: _Sweep | None = None  # a complete revolution awaiting delivery
 
     def _new_sweep(self) -> _Sweep:
-        buffers = self._buffer_sets[self._revolution % 2]
-        self.lidar._queue.wait_for_stragglers(buffers)  # a thread still writing there (very late) first
-        return _Sweep(self.lidar, buffers)
+        set_index = self._revolution % 2
+        buffers = self._buffer_sets[set_index]
+        if self._remote is None:
+            self.lidar._queue.wait_for_stragglers(buffers)  # a thread still writing there (very late) first
+        # (the lidar process casts in order: the next revolution there starts after this one ends)
+        return _Sweep(self.lidar, buffers, self._remote, set_index)
+
+    @property
+    def cast_cpu_s(self) -> float:
+        """CPU time spent in the casts so far, all threads and the lidar process."""
+        return self.lidar.cast_cpu_s + (self._remote.cast_cpu_s if self._remote is not None else 0.0)
 
     @property
     def pending_stamp(self) -> float | None:
@@ -1027,26 +1054,38 @@ class SpinningLidar:
 
     def reset(self) -> None:
         self._wait()
+        if self._remote is not None:
+            self._remote.discard_frames()
         self._ticks = 0
         self._done = 0
         self._sweep = self._new_sweep()
         self._pending = None
 
     def close(self) -> None:
-        """Wait for background casts; the Lidar's threads stay (``Lidar.close`` stops them)."""
-        self._wait()
+        """Wait for background casts and stop the lidar process; the Lidar's threads stay
+        (``Lidar.close`` stops them)."""
+        try:
+            if self._remote is None or self._remote.alive:  # (a dead one has an error reported already)
+                self._wait()
+        finally:
+            if self._remote is not None:
+                self._remote.close()
 
     def flush(self) -> PointCloud | None:
         """The frame awaiting delivery (completed on the last tick), now; None if there is none."""
         if self._pending is None:
             return None
-        self._wait()
-        frame = self._assemble(self._pending)
+        if self._remote is None:
+            self._wait()
+        frame = self._assemble(self._pending)  # (from the lidar process: waits for that frame only)
         self._pending = None
         return frame
 
     def _wait(self) -> None:
-        self.lidar._queue.finish()
+        if self._remote is not None:
+            self._remote.sync()
+        else:
+            self.lidar._queue.finish()
 
     def tick(self, stamp: float, sensor_pose_world, actors: Boxes | None = None, scenery: Boxes | None = None,
              ground_z: float | None = None, ground_slope=(0.0, 0.0)) -> PointCloud | None:
@@ -1071,7 +1110,19 @@ class SpinningLidar:
             completes = end == columns
             if completes:
                 sweep.stamp, sweep.final_pose = float(stamp), pose
-            if completes and not self.deliver_next_tick:
+            if self._remote is not None:
+                compact = (sweep.parts[0][0], end) if completes else None
+                if self.cast_here:
+                    lidar._cast_columns(job, start, end, sweep.buffers)
+                    if compact is not None:
+                        self._remote.compact(sweep.set_index, *compact)
+                else:
+                    self._remote.cast(sweep.set_index, job, start, end, compact)
+                if completes and self.deliver_next_tick:
+                    self._pending = sweep
+                elif completes:
+                    frame = self._assemble(sweep)  # waits for the lidar process
+            elif completes and not self.deliver_next_tick:
                 lidar._bounds(job)  # this thread casts at once: its bounds first, not by two threads at once
                 lidar._cast_later(job, start, end, sweep.buffers, sweep=sweep, completes=True)
                 self._wait()  # this thread casts what is left, then the revolution is complete

@@ -139,8 +139,14 @@ def sumo_binary(name: str) -> str:
 
 
 def sumo_version() -> str:
-    import libsumo
-    return str(libsumo.getVersion()[1]) if hasattr(libsumo, "getVersion") else "unknown"
+    """SUMO's version as libsumo names it ("SUMO 1.28.0"), from the wheel's metadata when it is
+    installed (importing libsumo takes 0.2 s, and with SUMO in its own process nothing else here needs it)."""
+    from importlib import metadata
+    try:
+        return f"SUMO {metadata.version('eclipse-sumo')}"
+    except metadata.PackageNotFoundError:
+        import libsumo
+        return str(libsumo.getVersion()[1]) if hasattr(libsumo, "getVersion") else "unknown"
 
 
 def build_net(xodr_path: str | Path) -> Path:
@@ -671,7 +677,22 @@ class Traffic:
         self._ego_added = True
         return True
 
+    def ego_position_sumo(self) -> tuple | None:
+        """Where SUMO has the ego's front bumper (SUMO frame), or None when it is not in SUMO."""
+        ts = self._ts
+        return tuple(ts.vehicle.getPosition(EGO_SUMO_ID)) if EGO_SUMO_ID in ts.vehicle.getIDList() else None
+
     # --- stepping and reading --------------------------------------------------------------------
+
+    def advance(self, center_xy_map, yaw: float, speed: float, length: float) -> None:
+        """Place the ego (``set_ego``) and step: the world's launch of its next tick. ``TrafficProcess``
+        returns at once and steps in its own process; here it is done when this returns."""
+        self.set_ego(center_xy_map, yaw, speed, length)
+        self.step()
+
+    def observe(self) -> tuple:
+        """(``actors()``, ``traffic_lights()``) after the last step."""
+        return self.actors(), self.traffic_lights()
 
     def step(self) -> None:
         self._ts.simulationStep()
@@ -771,12 +792,22 @@ class Traffic:
         self._tls_ids = [t for t in self._tls_ids if t not in tls_ids]
         self._light_states = None
 
+    def light_states(self) -> tuple:
+        """SUMO's signal string of every reported traffic light, in ``tls_ids`` order."""
+        return tuple(self._ts.trafficlight.getRedYellowGreenState(tls) for tls in self._tls_ids)
+
+    @property
+    def tls_ids(self) -> list:
+        return self._tls_ids
+
     def traffic_lights(self) -> list[StopLineSignal]:
         """One signal per (traffic light, incoming driving lane), at the lane's stop line.
 
         The list is rebuilt only when a light changes: treat it as read-only."""
-        ts = self._ts
-        states = tuple(ts.trafficlight.getRedYellowGreenState(tls) for tls in self._tls_ids)
+        return self.lights_for(self.light_states())
+
+    def lights_for(self, states: tuple) -> list[StopLineSignal]:
+        """``traffic_lights`` for the signal strings ``states`` (``light_states``' order)."""
         if states == self._light_states:
             return self._lights
         by_tls = dict(zip(self._tls_ids, states))

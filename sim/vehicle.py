@@ -108,3 +108,11 @@ class BicycleModel:
         self.state = EgoState(x, y, _wrap(s.yaw + dyaw), v_end, s.z, v_end * curvature, achieved_accel,
                               steer, s.stamp + dt)
         return self.state
+
+    def predict(self, command: Command, dt: float) -> EgoState:
+        """The state ``step(command, dt)`` would reach, without stepping (the model is unchanged)."""
+        saved = self.state, self._actuator_accel
+        try:
+            return self.step(command, dt)
+        finally:
+            self.state, self._actuator_accel = saved

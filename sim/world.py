@@ -3,10 +3,14 @@
 One ``tick(command)`` advances everything by ``dt`` in a fixed order, synchronously:
 
 1. the ego (kinematic bicycle, ``sim.vehicle``) applies the command within its actuator limits;
-2. the ego is placed into SUMO (``moveToXY``) so that traffic reacts to it;
-3. SUMO steps vehicles, cyclists, pedestrians and traffic lights by ``dt``;
-4. actors and light states are read back into the map frame;
-5. the lidar casts the share of its revolution that falls into this tick (``sim.lidar``); a full
+2. SUMO's step to this tick, launched at the end of the last one, is collected: vehicles,
+   cyclists, pedestrians and traffic lights, read back into the map frame;
+3. the step to the next tick is launched: the ego is placed into SUMO (``moveToXY``) where it will
+   be, so that traffic reacts to it (``BicycleModel.predict`` with this tick's command; the next
+   command is not known yet), and SUMO steps by ``dt``. With ``traffic_process`` (the default)
+   SUMO does this in its own process (``sim.traffic_process``) while the lidar casts and the
+   caller plans; without, right here (one core; the same states bit for bit);
+4. the lidar casts the share of its revolution that falls into this tick (``sim.lidar``); a full
    revolution (every 1 / rate_hz s), stamped with the time of the tick that completed it, comes
    back as ``WorldState.lidar`` on the next tick (``lidar_delivery: next_tick``, the default: one
    tick of sensor latency, during which the last share is cast on the lidar's background thread
@@ -30,6 +34,7 @@ from adstack.config import load_params
 from adstack.errors import DataError
 from adstack.types import Boxes, Command, EgoState, PointCloud, TrafficLight
 from sim.traffic import Traffic, TrafficConfig, build_net
+from sim.traffic_process import TrafficProcess
 from sim.vehicle import BicycleModel, VehicleParams
 
 DEFAULT_PARAMS = Path(__file__).resolve().parent / "config" / "world.param.yaml"
@@ -47,6 +52,13 @@ class WorldConfig:
     # spinning mode: "next_tick" delivers a frame one tick after the tick that completes it (its
     # last share is cast in the background meanwhile: ~20 % faster ticks); "same_tick" on that tick
     lidar_delivery: str = "next_tick"
+    # SUMO steps in its own process, in parallel with the lidar and the caller (sim/traffic_process.py)
+    traffic_process: bool = True
+    # spinning mode: the casts run in their own process (sim/lidar_process.py), not in a thread ...
+    lidar_process: bool = True
+    # ... while the caller spends at least this long between ticks (a planner, scoring, logging: the
+    # other core has time for them); with a lighter caller this thread casts while SUMO steps
+    lidar_process_caller_ms: float = 0.8
     traffic: TrafficConfig = field(default_factory=TrafficConfig)
     vehicle: VehicleParams = field(default_factory=VehicleParams)
 
@@ -106,7 +118,9 @@ class World:
         if self.seed < 0:
             raise DataError(f"seed must be >= 0, got {seed}", "world")
         self.net_path = build_net(map.xodr_path)
-        self.traffic = Traffic(self.net_path, self.config.traffic, self.config.dt, self.seed)
+        # first, so that the SUMO process loads while this one sets up the lidar
+        traffic_type = TrafficProcess if self.config.traffic_process else Traffic
+        self.traffic = traffic_type(self.net_path, self.config.traffic, self.config.dt, self.seed)
         self.vehicle = BicycleModel(self.config.vehicle)
         self.lidar = None
         self.scenery = None
@@ -117,7 +131,8 @@ class World:
                 raise DataError(f"dt {self.config.dt} s is longer than one lidar revolution (rate_hz "
                                 f"{lidar_cfg.rate_hz}): use a shorter dt or turn the lidar off", "world")
             self.lidar = SpinningLidar(Lidar(lidar_cfg, seed=self.seed), tick_s=self.config.dt,
-                                       deliver_next_tick=self.config.lidar_delivery == "next_tick")
+                                       deliver_next_tick=self.config.lidar_delivery == "next_tick",
+                                       process=self.config.lidar_process and self.config.lidar_mode == "spinning")
             # snapshot mode: a revolution every this many ticks (the rate rounded to whole ticks)
             self._ticks_per_revolution = max(1, int(round(1.0 / (lidar_cfg.rate_hz * self.config.dt))))
             self._lidar_range_m = lidar_cfg.range_max_m + math.hypot(lidar_cfg.mount_x_m, lidar_cfg.mount_y_m)
@@ -126,6 +141,8 @@ class World:
         self._flat_z = _flat_height(map)  # a flat map (Town01) needs no per-tick height lookup
         self.state: WorldState | None = None
         self._previous: tuple | None = None  # (ego, actors) of the last tick: a delivered frame's stamp
+        self._tick_end: float | None = None  # when the last tick returned to the caller (wall clock)
+        self._caller_s: float | None = None  # the caller's time between ticks, smoothed
         self.timing = {"traffic_s": 0.0, "lidar_s": 0.0, "lidar_frames": 0, "ticks": 0}
         self._tick = 0
 
@@ -174,7 +191,9 @@ class World:
         self._tick = 0
         self._previous = None
         self.timing = {"traffic_s": 0.0, "lidar_s": 0.0, "lidar_frames": 0, "ticks": 0}
-        self.state = self._observe(ego, None)
+        self.state = self._observe(ego, *self.traffic.observe(), None)
+        # what the ego does until the first command: keep its steering, neither speed up nor brake
+        self._launch(self.vehicle.predict(Command(ego.steer, 0.0), self.config.dt))
         return self.state
 
     def _annotate_signals(self) -> None:
@@ -229,10 +248,12 @@ class World:
         return cloud
 
     def close(self) -> None:
-        if self.lidar is not None:
-            self.lidar.close()  # background casts finish
-            self.lidar.lidar.close()  # and its threads stop
-        self.traffic.close()
+        try:
+            if self.lidar is not None:
+                self.lidar.close()  # background casts finish (and the lidar process ends)
+                self.lidar.lidar.close()  # and its threads stop
+        finally:
+            self.traffic.close()
 
     def __enter__(self):
         return self
@@ -247,22 +268,42 @@ class World:
             raise RuntimeError("World.tick before World.reset")
         dt = self.config.dt
         start = time.perf_counter()
+        if self._tick_end is not None and self.lidar is not None and self.lidar._remote is not None:
+            self._choose_lidar_caster(start - self._tick_end)
         ego = self.vehicle.step(command, dt)
         self._tick += 1
         ego.stamp = self._tick * dt
         ego.z = self.ground_z(ego.x, ego.y)
-        self._place_ego(ego)
-        self.traffic.step()
+        actors, lights = self.traffic.observe()  # SUMO's step to this tick
+        self._launch(self.vehicle.predict(command, dt))  # and on to the next, while the rest runs
         mid = time.perf_counter()
-        self.state = self._observe(ego, True)
+        self.state = self._observe(ego, actors, lights, True)
         self.timing["traffic_s"] += mid - start
         self.timing["ticks"] += 1
+        self._tick_end = time.perf_counter()
         return self.state
+
+    def _choose_lidar_caster(self, caller_s: float) -> None:
+        """Who casts the next lidar share: the lidar process while the caller is busy between ticks
+        (then the other core casts as the caller works), else this thread (while SUMO steps on the
+        other core). Only the speed depends on it: the frames are the same bit for bit."""
+        self._caller_s = caller_s if self._caller_s is None else 0.95 * self._caller_s + 0.05 * caller_s
+        threshold = 1e-3 * self.config.lidar_process_caller_ms
+        if self._caller_s > 1.1 * threshold:
+            self.lidar.cast_here = False
+        elif self._caller_s < 0.9 * threshold:
+            self.lidar.cast_here = True
 
     def _place_ego(self, ego: EgoState) -> None:
         offset = self.config.vehicle.center_offset
         center = (ego.x + offset * math.cos(ego.yaw), ego.y + offset * math.sin(ego.yaw))
         self.traffic.set_ego(center, ego.yaw, ego.v, self.config.vehicle.length)
+
+    def _launch(self, ego_next: EgoState) -> None:
+        """Place the ego where it will be at the next tick and start SUMO's step to it."""
+        offset = self.config.vehicle.center_offset
+        center = (ego_next.x + offset * math.cos(ego_next.yaw), ego_next.y + offset * math.sin(ego_next.yaw))
+        self.traffic.advance(center, ego_next.yaw, ego_next.v, self.config.vehicle.length)
 
     def ego_box(self, ego: EgoState) -> Boxes:
         p = self.config.vehicle
@@ -271,9 +312,8 @@ class World:
         v = (ego.v * math.cos(ego.yaw), ego.v * math.sin(ego.yaw))
         return Boxes([c], [[p.length, p.width, p.height]], [ego.yaw], [1], None, [v], [0], "map", ego.stamp)
 
-    def _observe(self, ego: EgoState, cast_lidar) -> WorldState:
+    def _observe(self, ego: EgoState, raw, lights, cast_lidar) -> WorldState:
         t = self._tick * self.config.dt
-        raw = self.traffic.actors()
         actors = raw.boxes(t)
         cloud = None
         cloud_ego, cloud_actors = ego, actors
@@ -292,7 +332,7 @@ class World:
             self.timing["lidar_s"] += time.perf_counter() - start
             self.timing["lidar_frames"] += cloud is not None
         self._previous = (ego, actors)
-        return WorldState(t, self._tick, ego, actors, self.traffic.traffic_lights(), cloud,
+        return WorldState(t, self._tick, ego, actors, lights, cloud,
                           None if cloud is None else cloud.labels, self.ego_box(ego),
                           cloud_ego if cloud is not None else None, cloud_actors if cloud is not None else None)
 

@@ -155,6 +155,18 @@ def test_fast_box_markers_cdr_equals_the_serializer(frame_id, ns, n):
     assert rc.boxes_to_markers_cdr(boxes, ns, ROSBAGS.store) == reference
 
 
+@pytest.mark.parametrize("frame_id", ["m", "lidar", "lidar_top", "velodyne_top"])  # every start offset mod 8
+@pytest.mark.parametrize("n", [0, 1, 3, 5000])
+@pytest.mark.parametrize("labelled", [True, False])
+def test_fast_pointcloud_cdr_equals_the_serializer(frame_id, n, labelled):
+    rng = np.random.default_rng(n)
+    cloud = PointCloud(rng.normal(size=(n, 4)).astype(np.float32) * 30, frame_id, 3.25 + n,
+                       rng.integers(0, 5, n).astype(np.int32) if labelled else None,
+                       rng.integers(-1, 400, n) if labelled else None)
+    reference = bytes(ROSBAGS.store.serialize_cdr(rc.pointcloud_to_msg(cloud, ROSBAGS), "sensor_msgs/msg/PointCloud2"))
+    assert rc.pointcloud_to_cdr(cloud, ROSBAGS.store) == reference
+
+
 def test_from_cdr():
     _, _, ego, boxes, _ = _values()
     back = rc.from_cdr(rc.objects_to_cdr(boxes, tracked=True), "autoware_perception_msgs/msg/TrackedObjects")

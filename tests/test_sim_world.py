@@ -99,7 +99,8 @@ def test_traffic_reacts_to_the_ego(town01):
     """A standing ego blocks its lane: SUMO vehicles queue behind it instead of driving through."""
     world, states = run_world(town01, 25.0, seed=3, vehicles=100, pedestrians=0, command=Command(0.0, -1.0),
                               ego_pose=(150.0, -1.95, 0.0))
-    sumo_front = world.traffic._ts.vehicle.getPosition("ego")
+    world.traffic.observe()  # the step to the next tick, already launched, is done
+    sumo_front = world.traffic.ego_position_sumo()
     world.close()
     ego = states[-1].ego
     assert (ego.x, ego.y, ego.v) == (150.0, -1.95, 0.0)

@@ -1,0 +1,54 @@
+"""Children of the world's process: SUMO (``sim.traffic_process``) and the lidar (``sim.lidar_process``).
+
+Each is ``python -m <module> <fd>...`` with one end of a socket pair for
+``multiprocessing.connection`` (pickle between two processes of this program: nothing from a file
+or the network is unpickled) and any other descriptors it needs (shared memory). A child exits when
+its connection closes, so it does not outlive its parent.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from multiprocessing.connection import Connection, Pipe
+from pathlib import Path
+
+CLOSE_TIMEOUT_S = 5.0
+
+
+def spawn(module: str, *fds: int) -> tuple[subprocess.Popen, Connection]:
+    """Start ``python -m module <connection fd> <fds>...``; returns the process and this end."""
+    parent, child = Pipe(duplex=True)
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    passed = (child.fileno(),) + tuple(fds)
+    proc = subprocess.Popen([sys.executable, "-m", module, *map(str, passed)], pass_fds=passed, env=env,
+                            stdin=subprocess.DEVNULL)
+    child.close()
+    return proc, parent
+
+
+def stop(proc: subprocess.Popen, conn: Connection) -> None:
+    """Ask the child to close and close the connection. A thread waits for it to end (and kills it
+    if it hangs): its shutdown (SUMO's, the interpreter's: 0.1-0.3 s) need not hold up the caller."""
+    try:
+        conn.send(("close",))
+    except OSError:
+        pass
+    conn.close()
+    threading.Thread(target=_reap, args=(proc,), name="adstack-reap", daemon=True).start()
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    try:
+        proc.wait(timeout=CLOSE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def ended(proc: subprocess.Popen, what: str) -> RuntimeError:
+    return RuntimeError(f"the {what} process ended (exit code {proc.poll()}); see its messages above")
