@@ -807,11 +807,11 @@ CHUNK_COLUMNS = 128
 # How long the caller waits for a background thread to pick up a handed-off cast before going on: an
 # idle core wakes the thread in tens of microseconds; a loaded machine may take milliseconds
 # (the GIL: see _CastQueue). A cast nobody took by ``finish`` is cast by the caller.
-PICKUP_TIMEOUT_S = float(os.environ.get("XP_PICKUP", "0.0005"))
+PICKUP_TIMEOUT_S = 0.0005
 # How long ``finish`` waits for a chunk a background thread is casting before casting it itself: on
 # an idle core it is done in well under a millisecond; on a loaded machine the thread may wait
 # milliseconds for a core, and the simulation should not wait with it.
-FINISH_TIMEOUT_S = float(os.environ.get("XP_FINISH", "0.001"))
+FINISH_TIMEOUT_S = 0.001
 
 _QUEUED, _RUNNING, _DONE, _ABANDONED = range(4)
 
