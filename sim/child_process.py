@@ -50,5 +50,24 @@ def _reap(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def as_batch() -> None:
+    """In a child: SCHED_BATCH, so that its wake-ups (one a tick, when the world sends it work) do
+    not preempt the world's thread, which is the caller's critical path; it still takes any idle core."""
+    if hasattr(os, "sched_setscheduler"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        except OSError:
+            pass
+
+
+def cpu_seconds(proc: subprocess.Popen) -> float:
+    """CPU time (user + system) the child has used so far; 0.0 where /proc cannot tell (it ended)."""
+    try:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def ended(proc: subprocess.Popen, what: str) -> RuntimeError:
     return RuntimeError(f"the {what} process ended (exit code {proc.poll()}); see its messages above")

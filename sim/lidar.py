@@ -952,6 +952,7 @@ class _Sweep:
         self.buffers = buffers
         self.remote = remote  # a LidarProcess casting it (in buffer set ``set_index``), or None
         self.set_index = set_index
+        self.remote_parts = 0  # parts sent to the lidar process (none: compacted here)
         self.parts: list[tuple[int, int, tuple]] = []
         self.outstanding = 0  # chunks queued and not yet cast
         self.complete = False  # every part queued
@@ -972,7 +973,7 @@ class _Sweep:
             self.compact()
 
     def compact(self) -> tuple:
-        if self.compacted is None and self.remote is not None:
+        if self.compacted is None and self.remote_parts:
             self.compacted = self.remote.frame(self.set_index)  # compacted by the lidar process
         if self.compacted is None:
             lidar = self.lidar
@@ -1114,9 +1115,10 @@ class SpinningLidar:
                 compact = (sweep.parts[0][0], end) if completes else None
                 if self.cast_here:
                     lidar._cast_columns(job, start, end, sweep.buffers)
-                    if compact is not None:
+                    if compact is not None and sweep.remote_parts:  # (else compacted here on delivery)
                         self._remote.compact(sweep.set_index, *compact)
                 else:
+                    sweep.remote_parts += 1
                     self._remote.cast(sweep.set_index, job, start, end, compact)
                 if completes and self.deliver_next_tick:
                     self._pending = sweep

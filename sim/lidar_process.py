@@ -185,6 +185,7 @@ def serve(conn: Connection, memory) -> None:
 
 
 def main(argv: list[str]) -> int:
+    child_process.as_batch()
     conn = Connection(int(argv[0]))
     fd = int(argv[1])
     memory = mmap.mmap(fd, os.fstat(fd).st_size)

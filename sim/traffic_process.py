@@ -237,6 +237,7 @@ def serve(conn: Connection) -> None:
 
 
 def main(argv: list[str]) -> int:
+    child_process.as_batch()
     conn = Connection(int(argv[0]))
     try:
         serve(conn)

@@ -216,6 +216,17 @@ def test_batch_nearest_lanes_match_single_queries(junction4):
         assert keys[i] == key and lateral[i] == pytest.approx(lat) and s[i] == pytest.approx(s_i)
 
 
+def test_single_point_nearest_lane_equals_the_batch_query_exactly(town01):
+    """The compiled one-point path (no heading) gives the batch query's answer to the last bit:
+    on lane samples (ties between a lane's two segments), between lanes and off the map."""
+    rng = np.random.default_rng(5)
+    lo, hi = town01._points.min(axis=0) - 30.0, town01._points.max(axis=0) + 30.0
+    xy = np.vstack([rng.uniform(lo, hi, (1500, 2)), town01._points[rng.integers(0, len(town01._points), 500)]])
+    keys, lateral, s = town01.nearest_lanes(xy)
+    for i, (x, y) in enumerate(xy):
+        assert town01.nearest_lane(x, y) == (keys[i], float(lateral[i]), float(s[i]))
+
+
 @pytest.mark.parametrize("name", ["junction4", "grid_town"])
 def test_generated_maps_convert_with_sumo_netconvert(tmp_path, name):
     import shutil
