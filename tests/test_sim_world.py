@@ -300,3 +300,5 @@ def test_bench_sim_reports_the_issue_numbers():
                 "main_thread_cpu_ms_per_tick"):
         assert result[key] > 0, key
     assert len(result["loadavg"]) == 3 and result["mean_points_per_frame"] > 10000
+    assert result["children_cpu_ms_per_tick"] >= 0.0  # SUMO's and the lidar's processes (10 ms resolution)
+    assert result["traffic_process"] and result["lidar_process"]
