@@ -54,11 +54,14 @@ def test_launch_sim_drives_in_lockstep_and_scores_like_the_in_process_drive(tmp_
     assert (tmp_path / "launch" / "log.mcap").is_file() and (tmp_path / "launch" / "planner.log").is_file()
     # Per-stage figures from the nodes' debug topics. Latency is in simulation time (use_sim_time on
     # the bridge's /clock): ground-truth objects are stamped with the tick they describe and the world
-    # stands still while the stack computes, so every stage answers within the same tick.
+    # waits for the controller's command before the next tick, so a stage typically answers within the
+    # tick. The bridge does not wait for the tracker, though: on a loaded machine it may answer a tick
+    # or two later (seen: 100 ms once with two other drives running), never seconds.
     stages = launch["stages"]
     for node in ("tracker", "planner", "controller"):
         latency = stages[node]["pipeline_latency_ms"]
-        assert latency["n"] >= 20 and -1e-6 <= latency["p50"] <= latency["max"] <= 50.0 + 1e-6, (node, latency)
+        assert latency["n"] >= 20 and -1e-6 <= latency["p50"] <= 50.0 + 1e-6, (node, latency)
+        assert latency["max"] < 1000.0, (node, latency)
         assert stages[node]["processing_time_ms"]["p50"] > 0.0
     assert "driving score" in proc.stdout
 
