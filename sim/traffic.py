@@ -79,6 +79,10 @@ class TrafficConfig:
     stuck_in_ego_s: float = 10.0  # a road user standing this long overlapping the ego (a collision) is taken out
     warmup_s: float = 2.0  # SUMO runs this long before the first world tick so traffic is moving
     time_to_teleport_s: float = 120.0  # SUMO resolves gridlock by teleporting vehicles stuck this long
+    # SUMO drivers waiting at a junction accept ever smaller gaps until, after this long, they take
+    # any gap they can (SUMO: 180 s); a left turner facing steady oncoming traffic otherwise blocks
+    # its lane, and the ego queued behind it, for minutes
+    time_to_impatience_s: float = 180.0
     refill_period_s: float = 1.0  # how often routes are extended and missing actors re-spawned
     route_attempts: int = 20  # random origin/destination draws before giving up on one actor
 
@@ -96,6 +100,8 @@ class TrafficConfig:
             raise DataError(f"pedestrian_size must be 3 positive numbers, got {self.pedestrian_size}", "traffic")
         if not self.pedestrian_crossing_jam_s > 0:
             raise DataError(f"pedestrian_crossing_jam_s must be > 0, got {self.pedestrian_crossing_jam_s}", "traffic")
+        if not self.time_to_impatience_s > 0:
+            raise DataError(f"time_to_impatience_s must be > 0, got {self.time_to_impatience_s}", "traffic")
         if not self.stuck_in_ego_s > 0:
             raise DataError(f"stuck_in_ego_s must be > 0, got {self.stuck_in_ego_s}", "traffic")
         if not self.spawn_clearance_m >= 0:
@@ -353,6 +359,7 @@ class Traffic:
                 "--seed", str(self.seed), "--no-step-log", "true", "--no-warnings", "true",
                 "--collision.action", "warn", "--collision.check-junctions", "false",
                 "--time-to-teleport", repr(self.config.time_to_teleport_s), "--ignore-route-errors", "true",
+                "--time-to-impatience", repr(float(self.config.time_to_impatience_s)),
                 "--pedestrian.model", self.config.pedestrian_model, "--default.carfollowmodel", "Krauss",
                 "--pedestrian.striping.jamtime.crossing", repr(float(self.config.pedestrian_crossing_jam_s))]
         try:

@@ -26,8 +26,20 @@ def test_walkers_wait_longer_for_a_vehicle_on_their_crossing():
         traffic.close()
 
 
+def test_drivers_waiting_at_a_junction_grow_impatient_as_configured():
+    """How long SUMO's drivers wait before taking any gap is the world's parameter (a left turner
+    facing steady oncoming traffic blocked Town03 route 29, and the ego behind it, with 180 s)."""
+    cfg = TrafficConfig(vehicles=0, pedestrians=0, time_to_impatience_s=45.0)
+    traffic = Traffic(build_net(shared_data_dir() / "maps" / "carla" / "Town01.xodr"), cfg, 0.05, 0)
+    traffic.start()
+    try:
+        assert float(traffic._ts.simulation.getOption("time-to-impatience")) == pytest.approx(cfg.time_to_impatience_s)
+    finally:
+        traffic.close()
+
+
 @pytest.mark.parametrize("field, value", [("pedestrian_crossing_jam_s", 0.0), ("walker_hold_max_s", -1.0),
-                                          ("spawn_clearance_m", -5.0)])
+                                          ("spawn_clearance_m", -5.0), ("time_to_impatience_s", 0.0)])
 def test_bad_ego_related_traffic_parameters_are_rejected(field, value):
     with pytest.raises(DataError, match=field):
         from_dict(TrafficConfig, {field: value})
