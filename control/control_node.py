@@ -21,9 +21,10 @@ import numpy as np
 from adstack.node import (Diagnostics, StageTimer, StalenessWatchdog, declare_params, now_s, param_file, reliable_qos,
                           run_node)
 from adstack.node_io import (receive_odometry, MAX_TRAJECTORY_POINTS, ReceivedCounter, StampGuard, check_sequence_length,
-                             check_trajectory, msg_class, new_period)
+                             msg_class, new_period)
 from adstack.types import Command, EgoState
 from control import Controller, ControllerConfig
+from control.cycle import ControlCycle
 
 try:
     from rclpy.node import Node
@@ -45,7 +46,7 @@ class ControlNode(Node):
         self.core = Controller(self.params)
         self.diag = Diagnostics(self, "control", period_s=node["diagnostics_period_s"])
         self.timer = StageTimer(self)
-        self.trajectory = None
+        self.cycle = ControlCycle(self.core, self.diag.problem)  # the rules, shared with the replay
         self.odom_order = StampGuard()
         self.received = ReceivedCounter(self.diag)
         self.last_ego: EgoState | None = None
@@ -67,19 +68,16 @@ class ControlNode(Node):
         topic = "input/trajectory"
         try:
             check_sequence_length(msg, "points", MAX_TRAJECTORY_POINTS, topic)
-            trajectory = check_trajectory(trajectory_from_msg(msg), topic)
+            trajectory = trajectory_from_msg(msg)
         except MalformedMessage as exc:
             self.diag.problem(f"malformed_trajectory.{exc.kind}", str(exc), level=2)
             return
         except Exception as exc:
             self.diag.problem("malformed_trajectory", f"{type(exc).__name__}: {exc}", level=2)
             return
-        if self.trajectory is not None and trajectory.stamp < self.trajectory.stamp:
-            if self.trajectory.stamp - trajectory.stamp <= 5.0:
-                self.diag.problem("trajectory_out_of_order_stamp", "trajectory older than the last one: dropped")
-                return
-            self.diag.problem("trajectory_clock_jump_back", "trajectory stamps jumped back: a new run")
-        self.trajectory = trajectory
+        if not self.cycle.on_trajectory(trajectory, topic):
+            return
+        trajectory = self.cycle.trajectory
         if self.pending is not None and trajectory.stamp >= self.pending[0].stamp - STAMP_EPS_S:
             ego, self.pending = self.pending[0], None
             self.control(ego)
@@ -89,7 +87,7 @@ class ControlNode(Node):
         if ego is None:
             return
         if jumped_back:
-            self.trajectory = None  # the core resets itself when its time goes back
+            self.cycle.on_clock_jump_back()
         self.watchdog.feed("kinematic_state", now_s(self))
         self.stopped_for_silence = False
         if self.pending is not None:  # superseded: answer it with what there is
@@ -97,7 +95,7 @@ class ControlNode(Node):
             self.pending = None
         period = self.node_params["sync_trajectory_period_s"]
         if period > 0:
-            last = -np.inf if self.trajectory is None else self.trajectory.stamp
+            last = -np.inf if self.cycle.trajectory is None else self.cycle.trajectory.stamp
             if new_period(ego.stamp, last, period):  # the planner owes a trajectory for this state
                 self.pending = (ego, time.monotonic() + self.node_params["sync_timeout_s"])
                 return
@@ -127,16 +125,10 @@ class ControlNode(Node):
         from adstack.ros_convert import command_to_msg
         self.last_ego = ego
         with self.timer.measure(ego.stamp):
-            try:
-                command = self.core.step(ego, self.trajectory, ego.stamp)
-            except Exception as exc:  # a core bug must not take the node down: stop, start afresh
-                self.diag.problem("controller_failed", f"{type(exc).__name__}: {exc}", level=2)
-                self.core.reset()
-                command = self.core.step(ego, None, ego.stamp)
+            command = self.cycle.command(ego)
         if self.core.debug.status != "ok":
             self.diag.problem(self.core.debug.status, "commanding a controlled stop")
         self.diag.set_value("status", self.core.debug.status)
-        command.stamp = ego.stamp
         self.pub.publish(command_to_msg(command))
 
 

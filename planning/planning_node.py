@@ -27,8 +27,9 @@ from adstack import topics
 from adstack.node import (Diagnostics, StageTimer, StalenessWatchdog, declare_params, latched_qos, now_s, param_file,
                           reliable_qos, run_node)
 from adstack.node_io import (receive_odometry, MAX_OBJECTS, ReceivedCounter, StampGuard, check_sequence_length,
-                             check_traffic_signals, clean_boxes, msg_class, new_period)
-from adstack.types import Boxes, EgoState, TrafficLight
+                             check_traffic_signals, msg_class)
+from adstack.types import EgoState, TrafficLight
+from planning.cycle import PlanningCycle
 from planning.safety import SafetyConfig, SafetyLayer
 
 try:
@@ -73,22 +74,15 @@ class PlanningNode(Node):
         super().__init__("planner")
         self.params = declare_params(self, PlanningNodeConfig, param_file("planning", "planning_node"))
         p = self.params
-        self.safety = SafetyLayer(SafetyConfig.load())
         self.diag = Diagnostics(self, "planning", period_s=p.diagnostics_period_s)
         self.timer = StageTimer(self)
-        self.planner = None
-        self.objects: Boxes | None = None
-        self.objects_stamp = -np.inf
-        self.lights: list[TrafficLight] = []
-        self.lights_stamp = -np.inf
+        # the rules (inputs, cycles, planning behind the safety layer), shared with the replay
+        self.cycle = PlanningCycle(None, SafetyLayer(SafetyConfig.load()), p.planner_hz, p.objects_timeout_s,
+                                   self.diag.problem)
         self.light_table: dict = {}
-        self.last_plan_stamp = -np.inf
-        self.last_good = None
         self.last_ego: EgoState | None = None
         self.pending: tuple[EgoState, float] | None = None  # (kinematic state, wall deadline) in sync mode
         self.odom_order = StampGuard()
-        self.objects_order = StampGuard()
-        self.lights_order = StampGuard()
         self.received = ReceivedCounter(self.diag)
         self.watchdog = StalenessWatchdog({"kinematic_state": p.odometry_timeout_s}, start=now_s(self))
         self.stopped_for_silence = False
@@ -114,7 +108,7 @@ class PlanningNode(Node):
         try:
             from sim.drive import load_route_from_params, make_planner
             _, hdmap, route = load_route_from_params(p)
-            self.planner = make_planner(p.planner, hdmap, route)
+            self.cycle.planner = make_planner(p.planner, hdmap, route)
         except Exception as exc:
             self.diag.problem("route_setup_failed", f"{type(exc).__name__}: {exc}", level=2)
 
@@ -125,24 +119,15 @@ class PlanningNode(Node):
         topic = "input/objects"
         try:
             check_sequence_length(msg, "objects", MAX_OBJECTS, topic)
-            boxes, dropped = clean_boxes(boxes_from_objects(msg), topic)
+            boxes = boxes_from_objects(msg)
         except MalformedMessage as exc:
             self.diag.problem(f"malformed_objects.{exc.kind}", str(exc), level=2)
             return
         except Exception as exc:
             self.diag.problem("malformed_objects", f"{type(exc).__name__}: {exc}", level=2)
             return
-        if dropped:
-            self.diag.problem("nonfinite_objects", f"{dropped} objects with NaN/Inf or absurd values dropped")
-        order = self.objects_order.check(boxes.stamp)
-        if order == "out_of_order_stamp":
-            self.diag.problem("objects_out_of_order_stamp", "objects older than the last ones: dropped")
-            return
-        if order == "clock_jump_back":
-            self.diag.problem("objects_clock_jump_back", "object stamps jumped back: a new run")
-        # A repeated stamp is harmless here (the same objects again): keep the newer copy.
-        self.objects, self.objects_stamp = boxes, boxes.stamp
-        self.try_pending()
+        if self.cycle.on_objects(boxes, topic):
+            self.try_pending()
 
     def on_lights(self, msg) -> None:
         from adstack.ros_convert import MalformedMessage, time_to_sec, traffic_lights_from_msg
@@ -159,14 +144,8 @@ class PlanningNode(Node):
         except Exception as exc:
             self.diag.problem("malformed_traffic_signals", f"{type(exc).__name__}: {exc}", level=2)
             return
-        order = self.lights_order.check(stamp)
-        if order == "out_of_order_stamp":
-            self.diag.problem("traffic_signals_out_of_order_stamp", "light states older than the last ones: dropped")
-            return
-        if order == "clock_jump_back":
-            self.diag.problem("traffic_signals_clock_jump_back", "light state stamps jumped back: a new run")
-        self.lights, self.lights_stamp = lights, stamp
-        self.try_pending()
+        if self.cycle.on_lights(lights, stamp):
+            self.try_pending()
 
     def on_light_table(self, msg) -> None:
         self.received("traffic_light_table")
@@ -184,13 +163,12 @@ class PlanningNode(Node):
         if ego is None:
             return
         if jumped_back:
-            self.last_plan_stamp, self.last_good, self.pending = -np.inf, None, None
+            self.pending = None
         self.last_ego = ego
         self.watchdog.feed("kinematic_state", now_s(self))
         self.stopped_for_silence = False
-        if not new_period(ego.stamp, self.last_plan_stamp, 1.0 / self.params.planner_hz):
+        if not self.cycle.cycle_due(ego, jumped_back):
             return
-        self.last_plan_stamp = ego.stamp
         if self.pending is not None:  # superseded: plan it with what there is
             self.plan(self.pending[0])
             self.pending = None
@@ -201,7 +179,7 @@ class PlanningNode(Node):
 
     # ------------------------------------------------------------------ sync (lockstep) mode
     def inputs_ready(self, t: float) -> bool:
-        return self.objects_stamp >= t - STAMP_EPS_S and self.lights_stamp >= t - STAMP_EPS_S
+        return self.cycle.objects_stamp >= t - STAMP_EPS_S and self.cycle.lights_stamp >= t - STAMP_EPS_S
 
     def try_pending(self) -> None:
         if self.pending is not None and self.inputs_ready(self.pending[0].stamp):
@@ -229,30 +207,13 @@ class PlanningNode(Node):
 
     def plan(self, ego: EgoState, stale: list[str] | None = None) -> None:
         from adstack.ros_convert import trajectory_to_msg
-        stale = list(stale or [])
         with self.timer.measure(ego.stamp):
-            if ego.stamp - self.objects_stamp > self.params.objects_timeout_s:
-                stale.append("objects")
-            proposal = None
-            if self.planner is not None and not stale:
-                try:
-                    proposal = self.planner.step(ego, self.objects, self.lights, ego.stamp)
-                except Exception as exc:
-                    self.diag.problem("planner_failed", f"{type(exc).__name__}: {exc}", level=2)
-            try:
-                traj, status = self.safety.check(ego, proposal, self.objects if not stale else None, ego.stamp,
-                                                 stale, self.last_good)
-            except Exception as exc:  # the safety layer itself failed: the plainest stop there is
-                self.diag.problem("safety_failed", f"{type(exc).__name__}: {exc}", level=2)
-                traj, status = self.safety.minimal_risk(ego, None, ego.stamp, "safety layer failed")
+            traj, status = self.cycle.plan(ego, stale)
             if status.action == "minimal_risk_stop":
                 self.diag.problem("minimal_risk_stop", "; ".join(status.reasons))
             elif status.action != "pass":  # the safety layer overruled the planner: counted by action
                 self.diag.problem(f"safety.{status.action}", "; ".join(status.reasons))
             self.diag.set_value("safety", status.action)
-            if proposal is not None and status.action != "minimal_risk_stop":
-                self.last_good = proposal
-            traj.stamp = ego.stamp
         self.pub.publish(trajectory_to_msg(traj))
 
 

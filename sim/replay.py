@@ -545,43 +545,27 @@ def _receive_ego(ego: EgoState, order, problems: _Counts, prefix: str) -> tuple[
 
 class PlanningStage:
     """The planning node (planning/planning_node.py) without ROS, on its inputs as it receives them:
-    planner (expert) behind the safety layer, a cycle per kinematic state that opens a new period of
-    ``planner_hz`` on the sensor-time grid, on the latest tracked objects and light states; objects
-    older than ``objects_timeout_s`` or a planner that raises give the safety layer's controlled stop.
-    The node's wall-clock watchdog has no counterpart: in a replay, sensor time is the only clock."""
+    the node's own rules (``planning.cycle.PlanningCycle``: expert behind the safety layer, a cycle
+    per kinematic state that opens a new period of ``planner_hz`` on the sensor-time grid, stale
+    objects or a failing planner giving the safety layer's controlled stop), fed as the node feeds
+    them. The node's wall-clock watchdog has no counterpart: in a replay, sensor time is the only clock."""
 
     def __init__(self, plan: RoutePlan, table: dict):
         from adstack.node_io import StampGuard
+        from planning.cycle import PlanningCycle
         from planning.safety import SafetyConfig, SafetyLayer
         from sim.drive import make_planner
         self.params = plan.params
-        self.planner = make_planner(self.params.planner, plan.hdmap, plan.route)
-        self.safety = SafetyLayer(SafetyConfig.load())
-        self.table = table
-        self.objects: Boxes | None = None
-        self.objects_stamp = -np.inf
-        self.lights: list = []
-        self.lights_stamp = -np.inf
-        self.last_plan_stamp = -np.inf
-        self.last_good = None
-        self.odom_order, self.objects_order, self.lights_order = StampGuard(), StampGuard(), StampGuard()
         self.problems, self.actions = _Counts(), _Counts()
+        self.cycle = PlanningCycle(make_planner(self.params.planner, plan.hdmap, plan.route),
+                                   SafetyLayer(SafetyConfig.load()), self.params.planner_hz,
+                                   self.params.objects_timeout_s, lambda kind, *_, **__: self.problems.add(kind))
+        self.table = table
+        self.odom_order = StampGuard()
         self.light_states = self.light_states_unknown = 0
 
     def on_objects(self, boxes: Boxes) -> None:
-        from adstack.node_io import MalformedMessage, clean_boxes
-        try:
-            boxes, dropped = clean_boxes(boxes, "input/objects")
-        except MalformedMessage as exc:
-            self.problems.add(f"malformed_objects.{exc.kind}")
-            return
-        if dropped:
-            self.problems.add("nonfinite_objects")
-        order = self.objects_order.check(boxes.stamp)
-        if order == "out_of_order_stamp":
-            self.problems.add("objects_out_of_order_stamp")
-            return
-        self.objects, self.objects_stamp = boxes, boxes.stamp
+        self.cycle.on_objects(boxes)
 
     def on_lights(self, lights: list, stamp: float) -> None:
         from planning.planning_node import lights_from_table
@@ -589,73 +573,38 @@ class PlanningStage:
         lights = lights_from_table(self.table, lights)
         self.light_states += n_states
         self.light_states_unknown += n_states - len(lights)  # no table entry: the node ignores them too
-        order = self.lights_order.check(stamp)
-        if order == "out_of_order_stamp":
-            self.problems.add("traffic_signals_out_of_order_stamp")
-            return
-        self.lights, self.lights_stamp = lights, stamp
+        self.cycle.on_lights(lights, stamp)
 
     def on_odometry(self, ego: EgoState):
         """The trajectory for this kinematic state when a cycle is due (else None)."""
-        from adstack.node_io import new_period
         ego, jumped_back = _receive_ego(ego, self.odom_order, self.problems, "odometry_")
-        if ego is None:
+        if ego is None or not self.cycle.cycle_due(ego, jumped_back):
             return None
-        if jumped_back:
-            self.last_plan_stamp, self.last_good = -np.inf, None
-        if not new_period(ego.stamp, self.last_plan_stamp, 1.0 / self.params.planner_hz):
-            return None
-        self.last_plan_stamp = ego.stamp
         return self.plan(ego)
 
     def plan(self, ego: EgoState):
-        stale = []
-        if ego.stamp - self.objects_stamp > self.params.objects_timeout_s:
-            stale.append("objects")
-        proposal = None
-        if not stale:
-            try:
-                proposal = self.planner.step(ego, self.objects, self.lights, ego.stamp)
-            except Exception:
-                self.problems.add("planner_failed")
-        try:
-            traj, status = self.safety.check(ego, proposal, self.objects if not stale else None, ego.stamp, stale,
-                                             self.last_good)
-        except Exception:
-            self.problems.add("safety_failed")
-            traj, status = self.safety.minimal_risk(ego, None, ego.stamp, "safety layer failed")
+        traj, status = self.cycle.plan(ego)
         self.actions.add(status.action)
-        if proposal is not None and status.action != "minimal_risk_stop":
-            self.last_good = proposal
-        traj.stamp = ego.stamp
         return traj
 
 
 class ControlStage:
-    """The control node (control/control_node.py) without ROS: one command per kinematic state, on
-    the latest trajectory; when a plan is due for this state (lockstep, ``sync_trajectory_period_s``)
-    it is the trajectory planned from this very state."""
+    """The control node (control/control_node.py) without ROS: the node's own rules
+    (``control.cycle.ControlCycle``), one command per kinematic state on the latest trajectory;
+    when a plan is due for this state (lockstep, ``sync_trajectory_period_s``) it is the trajectory
+    planned from this very state."""
 
     def __init__(self):
         from adstack.node_io import StampGuard
         from control import Controller
+        from control.cycle import ControlCycle
         self.core = Controller(controller_config())
-        self.trajectory = None
-        self.odom_order = StampGuard()
         self.problems, self.statuses = _Counts(), _Counts()
+        self.cycle = ControlCycle(self.core, lambda kind, *_, **__: self.problems.add(kind))
+        self.odom_order = StampGuard()
 
     def on_trajectory(self, traj) -> None:
-        from adstack.node_io import MalformedMessage, check_trajectory
-        try:
-            traj = check_trajectory(traj, "input/trajectory")
-        except MalformedMessage as exc:
-            self.problems.add(f"malformed_trajectory.{exc.kind}")
-            return
-        if self.trajectory is not None and traj.stamp < self.trajectory.stamp:
-            if self.trajectory.stamp - traj.stamp <= 5.0:
-                self.problems.add("trajectory_out_of_order_stamp")
-                return
-        self.trajectory = traj
+        self.cycle.on_trajectory(traj)
 
     def on_odometry(self, ego: EgoState, planned=None):
         """The command for this kinematic state (None when the state is dropped); ``planned``: the
@@ -664,17 +613,11 @@ class ControlStage:
         if ego is None:
             return None
         if jumped_back:
-            self.trajectory = None
+            self.cycle.on_clock_jump_back()
         if planned is not None:
             self.on_trajectory(planned)
-        try:
-            command = self.core.step(ego, self.trajectory, ego.stamp)
-        except Exception:
-            self.problems.add("controller_failed")
-            self.core.reset()
-            command = self.core.step(ego, None, ego.stamp)
+        command = self.cycle.command(ego)
         self.statuses.add(self.core.debug.status)
-        command.stamp = ego.stamp
         return command
 
 
