@@ -8,6 +8,7 @@ compass degrees (0 = north = +y, clockwise); ``yaw = radians(90 - angle)``. SUMO
 position at its front bumper; boxes here are centred.
 
 libsumo is one simulation per process: starting a ``Traffic`` closes any other one still running.
+The world runs it in a child process (``sim.traffic_process.TrafficProcess``, same interface).
 """
 
 from __future__ import annotations
