@@ -112,12 +112,10 @@ def bench_sim(seconds: float = 30.0, map_name: str = "Town01", seed: int = 0, li
 
 
 def _children_cpu_s(world) -> float:
-    """CPU seconds the world's child processes have used so far."""
-    from sim.child_process import cpu_seconds
-    procs = [getattr(world.traffic, "_proc", None)]
-    remote = getattr(world.lidar, "_remote", None) if world.lidar is not None else None
-    procs.append(getattr(remote, "_proc", None))
-    return sum(cpu_seconds(p) for p in procs if p is not None)
+    """CPU seconds the world's child processes (sim.child_process.ChildProxy) have used so far."""
+    from sim.child_process import ChildProxy
+    children = [world.traffic, world.lidar.process if world.lidar is not None else None]
+    return sum(child.cpu_s for child in children if isinstance(child, ChildProxy))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,3 +71,50 @@ def cpu_seconds(proc: subprocess.Popen) -> float:
 
 def ended(proc: subprocess.Popen, what: str) -> RuntimeError:
     return RuntimeError(f"the {what} process ended (exit code {proc.poll()}); see its messages above")
+
+
+def connect(argv: list[str]) -> Connection:
+    """In a child's ``main``: SCHED_BATCH, then the connection to the parent (the first argument)."""
+    as_batch()
+    return Connection(int(argv[0]))
+
+
+class ChildProxy:
+    """The parent's side of one child: ``_start`` it, ``_send`` to it, ``close`` it (also when
+    garbage collected). ``WHAT`` names it in errors."""
+
+    WHAT = "child"
+
+    def _start(self, module: str, *fds: int) -> None:
+        self._proc, self._conn = spawn(module, *fds)
+
+    def _send(self, message: tuple) -> None:
+        if self._conn is None:
+            raise RuntimeError(f"{type(self).__name__} used after close")
+        try:
+            self._conn.send(message)
+        except OSError:  # BrokenPipeError, ConnectionResetError: it has gone
+            raise self._ended() from None
+
+    def _ended(self) -> RuntimeError:
+        return ended(self._proc, self.WHAT)
+
+    @property
+    def alive(self) -> bool:
+        return self._conn is not None and self._proc.poll() is None
+
+    @property
+    def cpu_s(self) -> float:
+        """CPU seconds the child has used so far (0.0 once it has ended)."""
+        return cpu_seconds(self._proc)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            stop(self._proc, conn)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1045,6 +1045,11 @@ class SpinningLidar:
         return _Sweep(self.lidar, buffers, self._remote, set_index)
 
     @property
+    def process(self):
+        """The ``LidarProcess`` casting for this lidar, or None (threads)."""
+        return self._remote
+
+    @property
     def cast_cpu_s(self) -> float:
         """CPU time spent in the casts so far, all threads and the lidar process."""
         return self.lidar.cast_cpu_s + (self._remote.cast_cpu_s if self._remote is not None else 0.0)

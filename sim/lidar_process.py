@@ -46,8 +46,10 @@ def _views(buffer, columns: int, channels: int, set_index: int) -> tuple[tuple, 
     return tuple(arrays[:4]), tuple(arrays[4:])
 
 
-class LidarProcess:
+class LidarProcess(child_process.ChildProxy):
     """Casts of one ``Lidar`` (its config and noise table) in a child process; see the module doc."""
+
+    WHAT = "lidar"
 
     def __init__(self, lidar):
         cfg = lidar.config
@@ -57,7 +59,7 @@ class LidarProcess:
         try:
             os.ftruncate(fd, size)
             self._memory = mmap.mmap(fd, size)
-            self._proc, self._conn = child_process.spawn("sim.lidar_process", fd)
+            self._start("sim.lidar_process", fd)
         finally:
             os.close(fd)
         self.sets = tuple(_views(self._memory, cfg.columns, cfg.channels, i) for i in range(2))
@@ -100,41 +102,18 @@ class LidarProcess:
         while self._expected:
             self._receive()
 
-    def _send(self, message: tuple) -> None:
-        if self._conn is None:
-            raise RuntimeError("LidarProcess used after close")
-        try:
-            self._conn.send(message)
-        except OSError:
-            raise child_process.ended(self._proc, "lidar") from None
-
     def _receive(self) -> None:
         try:
             reply = self._conn.recv()
         except (EOFError, OSError):
             self._expected = 0
-            raise child_process.ended(self._proc, "lidar") from None
+            raise self._ended() from None
         self._expected -= 1
         if reply[0] == "error":
             raise RuntimeError(f"lidar process: {reply[1]}")
         self.cast_cpu_s = reply[-1]
         if reply[0] == "frame":
             self._frames[reply[1]] = reply[2]
-
-    @property
-    def alive(self) -> bool:
-        return self._conn is not None and self._proc.poll() is None
-
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            child_process.stop(self._proc, conn)
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 # --- the child -------------------------------------------------------------------------------------
@@ -185,8 +164,7 @@ def serve(conn: Connection, memory) -> None:
 
 
 def main(argv: list[str]) -> int:
-    child_process.as_batch()
-    conn = Connection(int(argv[0]))
+    conn = child_process.connect(argv)
     fd = int(argv[1])
     memory = mmap.mmap(fd, os.fstat(fd).st_size)
     os.close(fd)

@@ -8,8 +8,9 @@ launches the step to tick t + 1 (``advance``) at the end of tick t and collects 
 the start of tick t + 1. ``Traffic`` has the same two calls, done at once, so both give the same
 states bit for bit (tested).
 
-The child is this module run with ``python -m`` (``sim.child_process``). Per tick it sends the actors' dynamic state as one (n, 5) array, the population (ids, sizes, classes) only when
-someone came or went and the signal strings only when a light changed.
+The child is this module run with ``python -m`` (``sim.child_process``). Per tick it sends the
+actors' dynamic state as one (n, 5) array, the population (ids, sizes, classes) only when someone
+came or went and the signal strings only when a light changed.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ _CALLS = frozenset({"set_ego", "step", "refill", "switch_off", "ego_position_sum
 _ERRORS = {"DataError": DataError, "UserError": UserError}
 
 
-class TrafficProcess:
+class TrafficProcess(child_process.ChildProxy):
     """``Traffic``'s interface (``start``, ``set_ego``, ``step``, ``refill``, ``advance``,
     ``observe``, ``actors``, ``traffic_lights``, ``signal_lanes``, ``switch_off``, ``close``) with
     SUMO in a child process. ``advance`` returns at once; the next call that needs SUMO waits for it."""
+
+    WHAT = "SUMO"
 
     def __init__(self, net_path: str | Path, config: TrafficConfig, dt: float, seed: int):
         # The net's geometry for this process (offsets, lanes for random poses, signal building);
@@ -41,36 +44,33 @@ class TrafficProcess:
         self._local = Traffic(net_path, config, dt, seed)
         self.net_path, self.config, self.dt, self.seed = self._local.net_path, config, self._local.dt, self._local.seed
         self.offset = self._local.offset
-        self._proc, self._conn = child_process.spawn("sim.traffic_process")
+        self._start("sim.traffic_process")
         self._expected: deque = deque()  # the kinds of the replies not read yet, in order
         self._observation: tuple | None = None  # the last (actors, lights) read
         self._population: tuple | None = None  # (sumo_ids, ids, size, label) as last sent
         self._states: tuple = ()
         self._time = 0.0
         # The child loads SUMO's libraries and the net while this process sets up the rest.
-        self._send(("init", str(self.net_path), config, self.dt, self.seed), "ok")
+        self._request(("init", str(self.net_path), config, self.dt, self.seed), "ok")
 
     # --- the wire --------------------------------------------------------------------------------
 
-    def _send(self, message: tuple, reply_kind: str) -> None:
-        if self._conn is None:
-            raise RuntimeError("TrafficProcess used after close")
+    def _request(self, message: tuple, reply_kind: str) -> None:
+        """Send ``message``; its reply, of ``reply_kind``, is read in turn by ``_receive_one``."""
         try:
-            self._conn.send(message)
-        except (BrokenPipeError, ConnectionResetError, OSError):
-            self._died()
+            self._send(message)
+        except RuntimeError:
+            self._expected.clear()
+            raise
         self._expected.append(reply_kind)
-
-    def _died(self):
-        self._expected.clear()
-        raise child_process.ended(self._proc, "SUMO")
 
     def _receive_one(self):
         kind = self._expected.popleft()
         try:
             status, value = self._conn.recv()
-        except (EOFError, ConnectionResetError, OSError):
-            self._died()
+        except (EOFError, OSError):
+            self._expected.clear()
+            raise self._ended() from None
         if status == "error":
             error_type, text = value
             raise _ERRORS.get(error_type, RuntimeError)(text if error_type in _ERRORS else f"SUMO process: {text}")
@@ -80,7 +80,7 @@ class TrafficProcess:
 
     def _call(self, name: str, *args):
         """Send one request and wait for its reply (after any still outstanding)."""
-        self._send(("call", name, args), "ok")
+        self._request(("call", name, args), "ok")
         while len(self._expected) > 1:
             self._receive_one()
         return self._receive_one()
@@ -142,12 +142,12 @@ class TrafficProcess:
 
     def advance(self, center_xy_map, yaw: float, speed: float, length: float) -> None:
         """Start placing the ego and stepping; returns at once. ``observe`` collects the result."""
-        self._send(("advance", _xy(center_xy_map), float(yaw), float(speed), float(length)), "observation")
+        self._request(("advance", _xy(center_xy_map), float(yaw), float(speed), float(length)), "observation")
 
     def observe(self) -> tuple:
         """(actors, traffic lights) after the last step: waits for an ``advance`` still running."""
         if not self._expected:
-            self._send(("observe",), "observation")
+            self._request(("observe",), "observation")
         while self._expected:
             self._receive_one()
         return self._observation
@@ -161,17 +161,6 @@ class TrafficProcess:
     @property
     def time(self) -> float:
         return self._time
-
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            child_process.stop(self._proc, conn)
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 def _xy(values) -> tuple:
@@ -237,8 +226,7 @@ def serve(conn: Connection) -> None:
 
 
 def main(argv: list[str]) -> int:
-    child_process.as_batch()
-    conn = Connection(int(argv[0]))
+    conn = child_process.connect(argv)
     try:
         serve(conn)
     finally:

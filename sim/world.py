@@ -268,7 +268,7 @@ class World:
             raise RuntimeError("World.tick before World.reset")
         dt = self.config.dt
         start = time.perf_counter()
-        if self._tick_end is not None and self.lidar is not None and self.lidar._remote is not None:
+        if self._tick_end is not None and self.lidar is not None and self.lidar.process is not None:
             self._choose_lidar_caster(start - self._tick_end)
         ego = self.vehicle.step(command, dt)
         self._tick += 1

@@ -99,7 +99,7 @@ def test_a_dead_child_process_is_a_clear_error(town01, child):
         world.lidar.cast_here = False
         world._choose_lidar_caster = lambda caller_s: None
         world.tick(Command())
-        proc = world.traffic._proc if child == "traffic" else world.lidar._remote._proc
+        proc = world.traffic._proc if child == "traffic" else world.lidar.process._proc
         proc.kill()
         proc.wait()
         name = "SUMO" if child == "traffic" else "lidar"
@@ -114,9 +114,9 @@ def test_children_end_with_their_parents_connection(town01):
     """A child whose parent goes away without closing it (a crash) ends on its own."""
     world = World(town01, _config(True, True), seed=0)
     world.reset(None)
-    procs = [world.traffic._proc, world.lidar._remote._proc]
+    procs = [world.traffic._proc, world.lidar.process._proc]
     world.traffic._conn.close()  # what the operating system does to a parent that dies
-    world.lidar._remote._conn.close()
+    world.lidar.process._conn.close()
     for proc in procs:
         assert proc.wait(timeout=20) == 0
 
