@@ -254,29 +254,33 @@ _XYZI = ("x", "y", "z", "intensity")
 def pointcloud_to_msg(cloud: PointCloud, factory=None):
     """PointCloud -> PointCloud2 (little-endian, dense, height 1). Per-point ``labels`` and
     ``actor_ids`` travel as extra int32 fields ``label`` and ``actor_id`` when present."""
-    f = _factory(factory)
-    n = len(cloud)
-    names = list(_XYZI)
+    return _pointcloud_msg(cloud, _pointcloud_data(cloud), _factory(factory))
+
+
+def _pointcloud_data(cloud: PointCloud) -> np.ndarray:
+    """The points as PointCloud2 data, one row of 4-byte words per point: x, y, z, intensity as
+    float32, then (with labels) label and actor_id as int32."""
     if cloud.labels is None:
-        data = cloud.points.tobytes()
-        point_step = 16
-        types = [FLOAT32] * 4
-    else:
-        structured = np.empty(n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("intensity", "<f4"),
-                                        ("label", "<i4"), ("actor_id", "<i4")])
-        for i, name in enumerate(_XYZI):
-            structured[name] = cloud.points[:, i]
-        structured["label"] = cloud.labels
-        structured["actor_id"] = -1 if cloud.actor_ids is None else cloud.actor_ids
-        data = structured.tobytes()
-        point_step = 24
-        names += ["label", "actor_id"]
-        types = [FLOAT32] * 4 + [INT32] * 2
+        return np.ascontiguousarray(cloud.points, dtype="<f4")
+    data = np.empty((len(cloud), 6), "<f4")
+    data[:, :4] = cloud.points
+    words = data.view("<i4")
+    words[:, 4] = cloud.labels
+    words[:, 5] = -1 if cloud.actor_ids is None else cloud.actor_ids
+    return data
+
+
+def _pointcloud_msg(cloud: PointCloud, data: np.ndarray, f):
+    """The PointCloud2 for ``cloud`` with ``data`` (``_pointcloud_data``, or rows of it) as its points."""
+    names = list(_XYZI) + ([] if cloud.labels is None else ["label", "actor_id"])
+    types = [FLOAT32] * 4 + [INT32] * (len(names) - 4)
+    point_step = 4 * len(names)
     fields = [f.make("sensor_msgs/msg/PointField", name=name, offset=4 * i, datatype=datatype, count=1)
               for i, (name, datatype) in enumerate(zip(names, types))]
+    n = len(data)
     return f.make("sensor_msgs/msg/PointCloud2", header=header_msg(cloud.stamp, cloud.frame_id, f),
                   height=1, width=n, fields=fields, is_bigendian=False, point_step=point_step,
-                  row_step=point_step * n, data=f.uint8_sequence(data), is_dense=True)
+                  row_step=point_step * n, data=f.uint8_sequence(data.tobytes()), is_dense=True)
 
 
 def pointcloud_to_cdr(cloud: PointCloud, store=None) -> bytes:
@@ -287,20 +291,9 @@ def pointcloud_to_cdr(cloud: PointCloud, store=None) -> bytes:
         from adstack.msgs import typestore
 
         store = typestore()
-    f = _rosbags_factory(store)
-    n = len(cloud)
-    if cloud.labels is None:
-        data = np.ascontiguousarray(cloud.points, dtype="<f4")
-    else:  # x, y, z, intensity as float32, then label and actor_id as int32: 24 bytes a point
-        data = np.empty((n, 6), "<f4")
-        data[:, :4] = cloud.points
-        words = data.view("<i4")
-        words[:, 4] = cloud.labels
-        words[:, 5] = -1 if cloud.actor_ids is None else cloud.actor_ids
-    empty = pointcloud_to_msg(PointCloud(np.zeros((0, 4), np.float32), cloud.frame_id, cloud.stamp,
-                                         None if cloud.labels is None else np.zeros(0, np.int32)), f)
-    point_step = int(empty.point_step)
-    empty.width, empty.row_step = n, point_step * n
+    data = _pointcloud_data(cloud)
+    empty = _pointcloud_msg(cloud, data[:0], _rosbags_factory(store))
+    empty.width, empty.row_step = len(data), empty.point_step * len(data)
     head = bytes(store.serialize_cdr(empty, "sensor_msgs/msg/PointCloud2"))
     # ... uint8[] data (uint32 length, then the bytes), bool is_dense: the last 5 bytes of ``head``
     return b"".join((head[:-5], np.uint32(data.nbytes).tobytes(), data.tobytes(), head[-1:]))

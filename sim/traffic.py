@@ -796,6 +796,10 @@ class Traffic:
         tls_ids = set(tls_ids)
         for tls in sorted(tls_ids):
             self._ts.trafficlight.setProgram(tls, "off")
+        self.forget_signals(tls_ids)
+
+    def forget_signals(self, tls_ids: set) -> None:
+        """Stop reporting these traffic lights (``switch_off``'s bookkeeping, without SUMO)."""
         self._signal_lanes = [s for s in self._signal_lanes if s.tls_id not in tls_ids]
         self._tls_ids = [t for t in self._tls_ids if t not in tls_ids]
         self._light_states = None

@@ -120,10 +120,7 @@ class TrafficProcess(child_process.ChildProxy):
     def switch_off(self, tls_ids) -> None:
         tls_ids = set(tls_ids)
         self._call("switch_off", sorted(tls_ids))
-        local = self._local
-        local._signal_lanes = [s for s in local._signal_lanes if s.tls_id not in tls_ids]
-        local._tls_ids = [t for t in local._tls_ids if t not in tls_ids]
-        local._light_states = None
+        self._local.forget_signals(tls_ids)
 
     def set_ego(self, center_xy_map, yaw: float, speed: float, length: float) -> None:
         self._call("set_ego", _xy(center_xy_map), float(yaw), float(speed), float(length))

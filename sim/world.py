@@ -294,21 +294,21 @@ class World:
         elif self._caller_s < 0.9 * threshold:
             self.lidar.cast_here = True
 
-    def _place_ego(self, ego: EgoState) -> None:
+    def _box_center_xy(self, ego: EgoState) -> tuple[float, float]:
+        """The centre of the ego's box (map frame) for its rear-axle pose."""
         offset = self.config.vehicle.center_offset
-        center = (ego.x + offset * math.cos(ego.yaw), ego.y + offset * math.sin(ego.yaw))
-        self.traffic.set_ego(center, ego.yaw, ego.v, self.config.vehicle.length)
+        return ego.x + offset * math.cos(ego.yaw), ego.y + offset * math.sin(ego.yaw)
+
+    def _place_ego(self, ego: EgoState) -> None:
+        self.traffic.set_ego(self._box_center_xy(ego), ego.yaw, ego.v, self.config.vehicle.length)
 
     def _launch(self, ego_next: EgoState) -> None:
         """Place the ego where it will be at the next tick and start SUMO's step to it."""
-        offset = self.config.vehicle.center_offset
-        center = (ego_next.x + offset * math.cos(ego_next.yaw), ego_next.y + offset * math.sin(ego_next.yaw))
-        self.traffic.advance(center, ego_next.yaw, ego_next.v, self.config.vehicle.length)
+        self.traffic.advance(self._box_center_xy(ego_next), ego_next.yaw, ego_next.v, self.config.vehicle.length)
 
     def ego_box(self, ego: EgoState) -> Boxes:
         p = self.config.vehicle
-        c = (ego.x + p.center_offset * math.cos(ego.yaw), ego.y + p.center_offset * math.sin(ego.yaw),
-             ego.z + p.height / 2)
+        c = (*self._box_center_xy(ego), ego.z + p.height / 2)
         v = (ego.v * math.cos(ego.yaw), ego.v * math.sin(ego.yaw))
         return Boxes([c], [[p.length, p.width, p.height]], [ego.yaw], [1], None, [v], [0], "map", ego.stamp)
 
